@@ -1,0 +1,7 @@
+//! Untrusted image bytes in, oriented 8-bit RGB out: format sniffing, validation, decoding.
+
+mod format;
+mod validate;
+
+pub use format::{sniff, ImageFormat, Sniffed};
+pub use validate::{to_rgb8, DecodedImage, ImageMetadata, ValidationConfig};

@@ -1,0 +1,273 @@
+//! Validation and decoding of untrusted image bytes.
+//!
+//! Order of checks, cheapest first, so that bad input costs almost nothing:
+//! 1. size limit, 2. magic-byte format sniffing, 3. dimensions from the header (before any
+//! pixel is decoded), 4. decoder allocation limit, 5. the pixel decode itself. Decoder errors
+//! become [`Error::CorruptImage`]; nothing here panics on any input (see `fuzz/`).
+
+use std::io::Cursor;
+
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use serde::{Deserialize, Serialize};
+
+use super::format::{sniff, ImageFormat, Sniffed};
+use crate::error::{Error, Result};
+
+/// Limits applied to every image before it is decoded. All of them are configurable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationConfig {
+    /// Maximum size of the encoded file in bytes (default 10 MiB). Exactly this size is accepted.
+    pub max_file_size: usize,
+    /// Minimum width in pixels (default 32).
+    pub min_width: u32,
+    /// Minimum height in pixels (default 32).
+    pub min_height: u32,
+    /// Maximum width in pixels (default 4096).
+    pub max_width: u32,
+    /// Maximum height in pixels (default 4096).
+    pub max_height: u32,
+    /// Maximum bytes a decoder may allocate for one image (default 256 MiB).
+    pub max_decode_alloc: u64,
+    /// The formats that are accepted (default JPEG, PNG, WebP; GIF and BMP can be added).
+    pub accepted_formats: Vec<ImageFormat>,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            max_file_size: 10 * 1024 * 1024,
+            min_width: 32,
+            min_height: 32,
+            max_width: 4096,
+            max_height: 4096,
+            max_decode_alloc: 256 * 1024 * 1024,
+            accepted_formats: ImageFormat::DEFAULT_ACCEPTED.to_vec(),
+        }
+    }
+}
+
+/// Facts about an accepted image, as reported to API clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageMetadata {
+    /// The sniffed format.
+    pub format: ImageFormat,
+    /// Width as displayed (after EXIF orientation).
+    pub width: u32,
+    /// Height as displayed (after EXIF orientation).
+    pub height: u32,
+    /// Size of the encoded bytes received.
+    pub file_size: usize,
+}
+
+/// A decoded image: 8-bit RGB pixels, oriented as displayed, plus its metadata.
+#[derive(Debug, Clone)]
+pub struct DecodedImage {
+    /// What the client sent.
+    pub metadata: ImageMetadata,
+    /// The pixels, alpha dropped, grayscale expanded, 16-bit reduced to the high byte.
+    pub rgb: RgbImage,
+}
+
+impl ValidationConfig {
+    fn accepted_list(&self) -> String {
+        self.accepted_formats
+            .iter()
+            .map(|f| f.as_str().to_ascii_uppercase())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Check size and format; returns the sniffed format.
+    fn check_bytes(&self, bytes: &[u8]) -> Result<ImageFormat> {
+        if bytes.is_empty() {
+            return Err(Error::EmptyImage);
+        }
+        if bytes.len() > self.max_file_size {
+            return Err(Error::FileTooLarge {
+                size: bytes.len(),
+                limit: self.max_file_size,
+            });
+        }
+        match sniff(bytes) {
+            Sniffed::Image(format) if self.accepted_formats.contains(&format) => Ok(format),
+            Sniffed::Image(format) => Err(Error::UnsupportedFormat {
+                detected: format.as_str().to_ascii_uppercase(),
+                accepted: self.accepted_list(),
+            }),
+            Sniffed::Other(what) => Err(Error::UnsupportedFormat {
+                detected: what.to_string(),
+                accepted: self.accepted_list(),
+            }),
+        }
+    }
+
+    fn check_dimensions(&self, width: u32, height: u32) -> Result<()> {
+        if width > self.max_width || height > self.max_height {
+            return Err(Error::ImageTooLarge {
+                width,
+                height,
+                max_width: self.max_width,
+                max_height: self.max_height,
+            });
+        }
+        if width < self.min_width || height < self.min_height {
+            return Err(Error::ImageTooSmall {
+                width,
+                height,
+                min_width: self.min_width,
+                min_height: self.min_height,
+            });
+        }
+        Ok(())
+    }
+
+    /// Open a decoder after the byte-level checks, and check the header's dimensions.
+    ///
+    /// No pixel is decoded yet. Returns the decoder, its format and the EXIF orientation.
+    fn open<'a>(
+        &self,
+        bytes: &'a [u8],
+    ) -> Result<(impl ImageDecoder + 'a, ImageFormat, Orientation)> {
+        let format = self.check_bytes(bytes)?;
+        let mut reader = ImageReader::with_format(Cursor::new(bytes), format.to_image_crate());
+        let mut limits = Limits::no_limits();
+        limits.max_alloc = Some(self.max_decode_alloc);
+        reader.limits(limits);
+        let mut decoder = reader
+            .into_decoder()
+            .map_err(|e| self.decode_error(format, e))?;
+        let (width, height) = decoder.dimensions();
+        self.check_dimensions(width, height)?;
+        if decoder.total_bytes() > self.max_decode_alloc {
+            return Err(Error::DecodeLimitExceeded {
+                limit: self.max_decode_alloc,
+            });
+        }
+        // A broken EXIF block must not reject an otherwise good photo: show it unrotated.
+        let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+        Ok((decoder, format, orientation))
+    }
+
+    fn decode_error(&self, format: ImageFormat, error: image::ImageError) -> Error {
+        match error {
+            image::ImageError::Limits(_) => Error::DecodeLimitExceeded {
+                limit: self.max_decode_alloc,
+            },
+            other => Error::CorruptImage {
+                format: format_name(format),
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    /// Validate `bytes` from the header alone, without decoding pixels.
+    ///
+    /// Cheap: use it to refuse bad uploads early. A file that passes can still turn out to be
+    /// truncated when [`decode`](Self::decode) reads its pixels.
+    ///
+    /// ```
+    /// use classifier_core::image::ValidationConfig;
+    /// let err = ValidationConfig::default().inspect(b"plain text").unwrap_err();
+    /// assert_eq!(err.code(), "INVALID_IMAGE");
+    /// ```
+    pub fn inspect(&self, bytes: &[u8]) -> Result<ImageMetadata> {
+        let (decoder, format, orientation) = self.open(bytes)?;
+        let (width, height) = decoder.dimensions();
+        Ok(metadata(format, width, height, orientation, bytes.len()))
+    }
+
+    /// Validate and fully decode `bytes` into oriented 8-bit RGB.
+    pub fn decode(&self, bytes: &[u8]) -> Result<DecodedImage> {
+        let (decoder, format, orientation) = self.open(bytes)?;
+        let (width, height) = decoder.dimensions();
+        let mut image =
+            DynamicImage::from_decoder(decoder).map_err(|e| self.decode_error(format, e))?;
+        image.apply_orientation(orientation);
+        Ok(DecodedImage {
+            metadata: metadata(format, width, height, orientation, bytes.len()),
+            rgb: to_rgb8(image),
+        })
+    }
+}
+
+fn format_name(format: ImageFormat) -> &'static str {
+    match format {
+        ImageFormat::Jpeg => "JPEG",
+        ImageFormat::Png => "PNG",
+        ImageFormat::Webp => "WebP",
+        ImageFormat::Gif => "GIF",
+        ImageFormat::Bmp => "BMP",
+    }
+}
+
+fn metadata(
+    format: ImageFormat,
+    width: u32,
+    height: u32,
+    orientation: Orientation,
+    file_size: usize,
+) -> ImageMetadata {
+    let swapped = matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    );
+    let (width, height) = if swapped {
+        (height, width)
+    } else {
+        (width, height)
+    };
+    ImageMetadata {
+        format,
+        width,
+        height,
+        file_size,
+    }
+}
+
+/// Convert any decoded image to 8-bit RGB the way the reference (Pillow `convert("RGB")`) does:
+/// alpha is dropped (not composited), gray is replicated, 16-bit samples keep their high byte.
+pub fn to_rgb8(image: DynamicImage) -> RgbImage {
+    let (width, height) = (image.width(), image.height());
+    let rgb = match image {
+        DynamicImage::ImageRgb8(rgb) => return rgb,
+        DynamicImage::ImageRgba8(i) => pick_rgb(i.as_raw(), 4, |v| v),
+        DynamicImage::ImageLuma8(i) => pick_rgb(i.as_raw(), 1, |v| v),
+        DynamicImage::ImageLumaA8(i) => pick_rgb(i.as_raw(), 2, |v| v),
+        DynamicImage::ImageRgb16(i) => pick_rgb(i.as_raw(), 3, high_byte),
+        DynamicImage::ImageRgba16(i) => pick_rgb(i.as_raw(), 4, high_byte),
+        DynamicImage::ImageLuma16(i) => pick_rgb(i.as_raw(), 1, high_byte),
+        DynamicImage::ImageLumaA16(i) => pick_rgb(i.as_raw(), 2, high_byte),
+        DynamicImage::ImageRgb32F(i) => pick_rgb(i.as_raw(), 3, unit_float_to_u8),
+        DynamicImage::ImageRgba32F(i) => pick_rgb(i.as_raw(), 4, unit_float_to_u8),
+        other => return other.to_rgb8(),
+    };
+    // `pick_rgb` yields exactly width * height * 3 samples, so this cannot fail.
+    RgbImage::from_raw(width, height, rgb).unwrap_or_else(|| RgbImage::new(width, height))
+}
+
+fn high_byte(v: u16) -> u8 {
+    (v >> 8) as u8
+}
+
+fn unit_float_to_u8(v: f32) -> u8 {
+    (v.clamp(0.0, 1.0) * 255.0).round() as u8
+}
+
+/// Take R, G, B (or the gray sample three times) from interleaved samples with `channels`
+/// channels, converting each sample with `convert`.
+fn pick_rgb<T: Copy>(samples: &[T], channels: usize, convert: impl Fn(T) -> u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(samples.len() / channels * 3);
+    for pixel in samples.chunks_exact(channels) {
+        if channels < 3 {
+            let v = convert(pixel[0]);
+            out.extend_from_slice(&[v, v, v]);
+        } else {
+            out.extend_from_slice(&[convert(pixel[0]), convert(pixel[1]), convert(pixel[2])]);
+        }
+    }
+    out
+}

@@ -1,0 +1,11 @@
+//! Models: the manifest, locating and verifying files, labels, and the tract engine.
+
+mod engine;
+mod labels;
+mod locator;
+mod manifest;
+
+pub use engine::{Engine, EngineOptions};
+pub use labels::Labels;
+pub use locator::{sha256_hex, ModelLocator};
+pub use manifest::{BatchSupport, Manifest, ModelEntry};
