@@ -15,14 +15,20 @@ mod common;
 fn chelsea_tensor() -> Vec<f32> {
     let bytes = std::fs::read(common::shared_models().join("reference/inputs/chelsea.input.bin"))
         .expect("chelsea.input.bin");
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn inference(c: &mut Criterion) {
     let input = chelsea_tensor();
     let manifest = Manifest::builtin().expect("manifest");
     let mut group = c.benchmark_group("inference");
-    group.sample_size(20).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(2));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(8))
+        .warm_up_time(Duration::from_secs(2));
     for entry in &manifest.models {
         let classifier = Classifier::load(&entry.version).expect("load");
         for batch in [1usize, 8] {
@@ -30,21 +36,32 @@ fn inference(c: &mut Criterion) {
             if entry.version == "mobilenetv2-int8" && batch == 8 {
                 continue;
             }
-            let tensor: Vec<f32> = input.iter().copied().cycle().take(input.len() * batch).collect();
+            let tensor: Vec<f32> = input
+                .iter()
+                .copied()
+                .cycle()
+                .take(input.len() * batch)
+                .collect();
             group.throughput(Throughput::Elements(batch as u64));
-            group.bench_with_input(BenchmarkId::new(entry.version.as_str(), format!("batch{batch}")), &tensor, |b, t| {
-                b.iter(|| classifier.engine().run(t.clone(), batch).expect("run"))
-            });
+            group.bench_with_input(
+                BenchmarkId::new(entry.version.as_str(), format!("batch{batch}")),
+                &tensor,
+                |b, t| b.iter(|| classifier.engine().run(t.clone(), batch).expect("run")),
+            );
         }
     }
     let threaded = Classifier::builder()
-        .engine_options(EngineOptions { max_native_batch: 8, intra_op_threads: 2 })
+        .engine_options(EngineOptions {
+            max_native_batch: 8,
+            intra_op_threads: 2,
+        })
         .build()
         .expect("load");
     group.throughput(Throughput::Elements(1));
-    group.bench_function(BenchmarkId::new(format!("{}+2threads", manifest.default), "batch1"), |b| {
-        b.iter(|| threaded.engine().run(input.clone(), 1).expect("run"))
-    });
+    group.bench_function(
+        BenchmarkId::new(format!("{}+2threads", manifest.default), "batch1"),
+        |b| b.iter(|| threaded.engine().run(input.clone(), 1).expect("run")),
+    );
     group.finish();
 }
 

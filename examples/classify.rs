@@ -50,9 +50,9 @@ fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
                 .unwrap_or_default();
             entries.retain(|p| {
                 p.is_file()
-                    && p.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+                    && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                        IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
+                    })
             });
             entries.sort();
             files.extend(entries);

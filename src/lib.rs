@@ -14,5 +14,5 @@
 
 pub use classifier_core::{
     image, model, postprocess, preprocess, Classification, Classifier, ClassifierBuilder, Error,
-    PreparedImage, Prediction, Result, Timings,
+    Prediction, PreparedImage, Result, Timings,
 };

@@ -168,7 +168,11 @@ impl ClassifierBuilder {
         if labels.len() != entry.num_classes {
             return Err(Error::Labels {
                 path: labels_path,
-                reason: format!("{} labels for a model with {} classes", labels.len(), entry.num_classes),
+                reason: format!(
+                    "{} labels for a model with {} classes",
+                    labels.len(),
+                    entry.num_classes
+                ),
             });
         }
         let started = Instant::now();

@@ -37,7 +37,13 @@ pub fn softmax(logits: &[f32]) -> Vec<f64> {
 pub fn top_k(logits: &[f32], labels: &Labels, k: usize) -> Vec<Prediction> {
     let probs = softmax(logits);
     let mut order: Vec<usize> = (0..probs.len()).collect();
-    let key = |i: &usize| if probs[*i].is_nan() { f64::NEG_INFINITY } else { probs[*i] };
+    let key = |i: &usize| {
+        if probs[*i].is_nan() {
+            f64::NEG_INFINITY
+        } else {
+            probs[*i]
+        }
+    };
     let k = k.min(order.len());
     let by_rank = |a: &usize, b: &usize| key(b).total_cmp(&key(a)).then(a.cmp(b));
     if k > 0 && k < order.len() {

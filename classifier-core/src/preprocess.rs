@@ -76,7 +76,9 @@ impl PreprocessSpec {
         if self.resize_shorter < self.input_width.max(self.input_height) {
             return fail("resize_shorter must be at least the input width and height");
         }
-        if self.std.iter().any(|s| !s.is_finite() || *s <= 0.0) || self.mean.iter().any(|m| !m.is_finite()) {
+        if self.std.iter().any(|s| !s.is_finite() || *s <= 0.0)
+            || self.mean.iter().any(|m| !m.is_finite())
+        {
             return fail("std must be positive and mean finite");
         }
         Ok(())
@@ -126,7 +128,10 @@ impl Geometry {
         } else {
             (size * w / h, size)
         };
-        let (rw, rh) = (rw.min(u64::from(u32::MAX)) as u32, rh.min(u64::from(u32::MAX)) as u32);
+        let (rw, rh) = (
+            rw.min(u64::from(u32::MAX)) as u32,
+            rh.min(u64::from(u32::MAX)) as u32,
+        );
         Geometry {
             resized_width: rw,
             resized_height: rh,
@@ -204,14 +209,25 @@ impl Preprocessor {
         // Two separable passes in Pillow's order, horizontal first, each rounding to u8 (for
         // u8 images fast_image_resize would otherwise run the vertical pass first, and the
         // different intermediate rounding moves ~20% of the values by one level).
-        let bilinear = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+        let bilinear =
+            ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
         let mut columns = Image::new(cw, h, PixelType::U8x3);
-        let horizontal = bilinear.crop(f64::from(g.crop_left) * sx, 0.0, f64::from(cw) * sx, f64::from(h));
+        let horizontal = bilinear.crop(
+            f64::from(g.crop_left) * sx,
+            0.0,
+            f64::from(cw) * sx,
+            f64::from(h),
+        );
         let mut resizer = Resizer::new();
         resizer
             .resize(&src, &mut columns, &horizontal)
             .map_err(|e| Error::Preprocess(e.to_string()))?;
-        let vertical = bilinear.crop(0.0, f64::from(g.crop_top) * sy, f64::from(cw), f64::from(ch) * sy);
+        let vertical = bilinear.crop(
+            0.0,
+            f64::from(g.crop_top) * sy,
+            f64::from(cw),
+            f64::from(ch) * sy,
+        );
         resizer
             .resize(&columns, &mut dst, &vertical)
             .map_err(|e| Error::Preprocess(e.to_string()))?;
@@ -257,7 +273,10 @@ mod tests {
     fn geometry_truncates_the_long_side() {
         let spec = PreprocessSpec::imagenet();
         let g = Geometry::for_image(512, 600, &spec);
-        assert_eq!((g.resized_width, g.resized_height, g.crop_top), (256, 300, 38));
+        assert_eq!(
+            (g.resized_width, g.resized_height, g.crop_top),
+            (256, 300, 38)
+        );
         let g = Geometry::for_image(128, 128, &spec);
         assert_eq!((g.resized_width, g.resized_height), (256, 256));
     }

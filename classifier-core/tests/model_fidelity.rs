@@ -34,10 +34,38 @@ struct Tolerance {
 }
 
 const MODELS: &[Tolerance] = &[
-    Tolerance { version: "shufflenet-v2-f32", file_stem: "shufflenet-v2-12-dequant-f32", logits: Some(1e-3), prob_alone: 1e-4, prob_end_to_end: 0.03, min_shared_end_to_end: 5 },
-    Tolerance { version: "mobilenetv2-f32", file_stem: "mobilenetv2-12-dequant-f32", logits: Some(1e-3), prob_alone: 1e-4, prob_end_to_end: 0.03, min_shared_end_to_end: 5 },
-    Tolerance { version: "shufflenet-v2-qdq", file_stem: "shufflenet-v2-12-qdq", logits: None, prob_alone: 0.05, prob_end_to_end: 0.15, min_shared_end_to_end: 3 },
-    Tolerance { version: "mobilenetv2-int8", file_stem: "mobilenetv2-12-int8-stdops", logits: None, prob_alone: 0.15, prob_end_to_end: 0.25, min_shared_end_to_end: 3 },
+    Tolerance {
+        version: "shufflenet-v2-f32",
+        file_stem: "shufflenet-v2-12-dequant-f32",
+        logits: Some(1e-3),
+        prob_alone: 1e-4,
+        prob_end_to_end: 0.03,
+        min_shared_end_to_end: 5,
+    },
+    Tolerance {
+        version: "mobilenetv2-f32",
+        file_stem: "mobilenetv2-12-dequant-f32",
+        logits: Some(1e-3),
+        prob_alone: 1e-4,
+        prob_end_to_end: 0.03,
+        min_shared_end_to_end: 5,
+    },
+    Tolerance {
+        version: "shufflenet-v2-qdq",
+        file_stem: "shufflenet-v2-12-qdq",
+        logits: None,
+        prob_alone: 0.05,
+        prob_end_to_end: 0.15,
+        min_shared_end_to_end: 3,
+    },
+    Tolerance {
+        version: "mobilenetv2-int8",
+        file_stem: "mobilenetv2-12-int8-stdops",
+        logits: None,
+        prob_alone: 0.15,
+        prob_end_to_end: 0.25,
+        min_shared_end_to_end: 3,
+    },
 ];
 
 fn reference_top5(model: &str, photo: &str) -> Vec<(usize, f64)> {
@@ -46,7 +74,12 @@ fn reference_top5(model: &str, photo: &str) -> Vec<(usize, f64)> {
         .as_array()
         .expect("top5")
         .iter()
-        .map(|p| (p["class_id"].as_u64().unwrap() as usize, p["prob"].as_f64().unwrap()))
+        .map(|p| {
+            (
+                p["class_id"].as_u64().unwrap() as usize,
+                p["prob"].as_f64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -58,18 +91,36 @@ fn top5_of(probs: &[f64]) -> Vec<(usize, f64)> {
 
 /// Compare our top-5 with the reference: same top-1, same set, and each reference class's
 /// probability within `tol`. Returns the worst probability difference.
-fn check_top5(what: &str, ours: &[(usize, f64)], reference: &[(usize, f64)], tol: f64, min_shared: usize) -> f64 {
-    assert_eq!(ours[0].0, reference[0].0, "{what}: top-1 differs: {ours:?} vs {reference:?}");
-    let shared = ours.iter().filter(|o| reference.iter().any(|r| r.0 == o.0)).count();
+fn check_top5(
+    what: &str,
+    ours: &[(usize, f64)],
+    reference: &[(usize, f64)],
+    tol: f64,
+    min_shared: usize,
+) -> f64 {
+    assert_eq!(
+        ours[0].0, reference[0].0,
+        "{what}: top-1 differs: {ours:?} vs {reference:?}"
+    );
+    let shared = ours
+        .iter()
+        .filter(|o| reference.iter().any(|r| r.0 == o.0))
+        .count();
     if min_shared < 5 {
-        assert!(shared >= min_shared, "{what}: only {shared} of the top-5 shared: {ours:?} vs {reference:?}");
+        assert!(
+            shared >= min_shared,
+            "{what}: only {shared} of the top-5 shared: {ours:?} vs {reference:?}"
+        );
         let mut worst = 0f64;
         for (id, p_ref) in reference {
             if let Some(o) = ours.iter().find(|o| o.0 == *id) {
                 worst = worst.max((o.1 - p_ref).abs());
             }
         }
-        assert!(worst <= tol, "{what}: top-5 probability differs by {worst} > {tol}");
+        assert!(
+            worst <= tol,
+            "{what}: top-5 probability differs by {worst} > {tol}"
+        );
         return worst;
     }
     let mut a: Vec<_> = ours.iter().map(|p| p.0).collect();
@@ -85,17 +136,30 @@ fn check_top5(what: &str, ours: &[(usize, f64)], reference: &[(usize, f64)], tol
             v.sort();
             v
         };
-        assert_eq!(first4(ours), first4(reference), "{what}: top-5 set differs: {ours:?} vs {reference:?}");
+        assert_eq!(
+            first4(ours),
+            first4(reference),
+            "{what}: top-5 set differs: {ours:?} vs {reference:?}"
+        );
         let gap = (ours[4].1 - reference[4].1).abs();
-        assert!(gap <= tol.min(0.01), "{what}: rank-5 swap is not a near-tie: {ours:?} vs {reference:?}");
-        eprintln!("{what}: rank-5 near-tie swap ({} {:.2e} vs {} {:.2e})", ours[4].0, ours[4].1, reference[4].0, reference[4].1);
+        assert!(
+            gap <= tol.min(0.01),
+            "{what}: rank-5 swap is not a near-tie: {ours:?} vs {reference:?}"
+        );
+        eprintln!(
+            "{what}: rank-5 near-tie swap ({} {:.2e} vs {} {:.2e})",
+            ours[4].0, ours[4].1, reference[4].0, reference[4].1
+        );
     }
     let mut worst = 0f64;
     for (id, p_ref) in reference {
         let p = ours.iter().find(|o| o.0 == *id).map(|o| o.1).unwrap_or(0.0);
         worst = worst.max((p - p_ref).abs());
     }
-    assert!(worst <= tol, "{what}: top-5 probability differs by {worst} > {tol}");
+    assert!(
+        worst <= tol,
+        "{what}: top-5 probability differs by {worst} > {tol}"
+    );
     worst
 }
 
@@ -111,7 +175,11 @@ fn inference_alone_matches_reference_logits_for_every_model_and_photo() {
             let diff = common::max_abs_diff(&logits, &reference);
             worst_logit = worst_logit.max(diff);
             if let Some(tol) = model.logits {
-                assert!(diff <= tol, "{} {stem}: logits differ by {diff}", model.version);
+                assert!(
+                    diff <= tol,
+                    "{} {stem}: logits differ by {diff}",
+                    model.version
+                );
             }
             let what = format!("{} {stem} (inference alone)", model.version);
             let ours = top5_of(&softmax(&logits));
@@ -145,9 +213,18 @@ fn end_to_end_predictions_match_reference_for_every_model_and_photo() {
                 .collect();
             let what = format!("{} {stem} (end to end)", model.version);
             let reference = reference_top5(model.file_stem, &stem);
-            worst = worst.max(check_top5(&what, &ours, &reference, model.prob_end_to_end, model.min_shared_end_to_end));
+            worst = worst.max(check_top5(
+                &what,
+                &ours,
+                &reference,
+                model.prob_end_to_end,
+                model.min_shared_end_to_end,
+            ));
         }
-        eprintln!("{:20} end to end: max |top-5 prob diff| {worst:.4}", model.version);
+        eprintln!(
+            "{:20} end to end: max |top-5 prob diff| {worst:.4}",
+            model.version
+        );
     }
 }
 
@@ -155,8 +232,11 @@ fn end_to_end_predictions_match_reference_for_every_model_and_photo() {
 fn batch_rows_equal_single_image_runs() {
     for version in ["shufflenet-v2-f32", "mobilenetv2-f32", "shufflenet-v2-qdq"] {
         let classifier = common::classifier(version);
-        let photos: Vec<Vec<u8>> =
-            common::photos().iter().take(9).map(|(_, f)| common::photo_bytes(f)).collect();
+        let photos: Vec<Vec<u8>> = common::photos()
+            .iter()
+            .take(9)
+            .map(|(_, f)| common::photo_bytes(f))
+            .collect();
         let batch = classifier.classify_batch(&photos);
         assert_eq!(batch.len(), photos.len());
         for (bytes, batched) in photos.iter().zip(batch) {
@@ -164,7 +244,10 @@ fn batch_rows_equal_single_image_runs() {
             let batched = batched.unwrap();
             for (a, b) in single.predictions.iter().zip(&batched.predictions) {
                 assert_eq!(a.class_id, b.class_id, "{version}");
-                assert!((a.confidence - b.confidence).abs() <= 1e-5, "{version}: {a:?} vs {b:?}");
+                assert!(
+                    (a.confidence - b.confidence).abs() <= 1e-5,
+                    "{version}: {a:?} vs {b:?}"
+                );
             }
         }
     }

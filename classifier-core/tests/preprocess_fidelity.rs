@@ -24,7 +24,11 @@ fn tensors_match_the_reference_within_two_u8_levels() {
         let ours = pre.run(&decoded.rgb).unwrap();
         let reference = common::read_f32(&format!("inputs/{stem}.input.bin"));
         let max = common::max_abs_diff(&ours, &reference);
-        let mean = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs()).sum::<f32>()
+        let mean = ours
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
             / ours.len() as f32;
         let exact = ours.iter().zip(&reference).filter(|(a, b)| a == b).count();
         eprintln!(
@@ -64,7 +68,15 @@ fn geometry_matches_the_reference_for_every_photo() {
 fn rgba_gives_exactly_the_rgb_tensor() {
     let pre = Preprocessor::new(PreprocessSpec::imagenet()).unwrap();
     let v = ValidationConfig::default();
-    let rgb = pre.run(&v.decode(&common::photo_bytes("chelsea.png")).unwrap().rgb).unwrap();
-    let rgba = pre.run(&v.decode(&common::photo_bytes("chelsea_rgba.png")).unwrap().rgb).unwrap();
+    let rgb = pre
+        .run(&v.decode(&common::photo_bytes("chelsea.png")).unwrap().rgb)
+        .unwrap();
+    let rgba = pre
+        .run(
+            &v.decode(&common::photo_bytes("chelsea_rgba.png"))
+                .unwrap()
+                .rgb,
+        )
+        .unwrap();
     assert_eq!(rgb, rgba, "alpha must be dropped, not composited");
 }

@@ -113,7 +113,10 @@ fn sniff_text(bytes: &[u8]) -> Sniffed {
     let Ok(text) = std::str::from_utf8(trim_utf8_tail(head)) else {
         return Sniffed::Other("unknown binary data");
     };
-    let lower = text.trim_start_matches('\u{feff}').trim_start().to_ascii_lowercase();
+    let lower = text
+        .trim_start_matches('\u{feff}')
+        .trim_start()
+        .to_ascii_lowercase();
     if lower.contains("<svg") {
         Sniffed::Other("SVG")
     } else if lower.starts_with("<!doctype html") || lower.starts_with("<html") {
@@ -142,17 +145,32 @@ mod tests {
 
     #[test]
     fn recognises_the_decodable_formats() {
-        assert_eq!(sniff(b"\xFF\xD8\xFF\xE0rest"), Sniffed::Image(ImageFormat::Jpeg));
-        assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), Sniffed::Image(ImageFormat::Webp));
+        assert_eq!(
+            sniff(b"\xFF\xD8\xFF\xE0rest"),
+            Sniffed::Image(ImageFormat::Jpeg)
+        );
+        assert_eq!(
+            sniff(b"RIFF\0\0\0\0WEBPVP8 "),
+            Sniffed::Image(ImageFormat::Webp)
+        );
         assert_eq!(sniff(b"BM\0\0"), Sniffed::Image(ImageFormat::Bmp));
     }
 
     #[test]
     fn names_what_it_cannot_decode() {
         assert_eq!(sniff(b"II*\0\x08\0\0\0"), Sniffed::Other("TIFF"));
-        assert_eq!(sniff(b"<?xml version=\"1.0\"?><svg></svg>"), Sniffed::Other("SVG"));
-        assert_eq!(sniff(b"  <!DOCTYPE html><html></html>"), Sniffed::Other("HTML"));
-        assert_eq!(sniff(b"\0\x01\x02\x03"), Sniffed::Other("unknown binary data"));
+        assert_eq!(
+            sniff(b"<?xml version=\"1.0\"?><svg></svg>"),
+            Sniffed::Other("SVG")
+        );
+        assert_eq!(
+            sniff(b"  <!DOCTYPE html><html></html>"),
+            Sniffed::Other("HTML")
+        );
+        assert_eq!(
+            sniff(b"\0\x01\x02\x03"),
+            Sniffed::Other("unknown binary data")
+        );
         assert_eq!(sniff(b""), Sniffed::Other("text"));
         assert_eq!(sniff("caf\u{e9}".as_bytes()), Sniffed::Other("text"));
     }

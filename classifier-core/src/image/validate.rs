@@ -1,9 +1,15 @@
 //! Validation and decoding of untrusted image bytes.
 //!
 //! Order of checks, cheapest first, so that bad input costs almost nothing:
-//! 1. size limit, 2. magic-byte format sniffing, 3. dimensions from the header (before any
-//! pixel is decoded), 4. decoder allocation limit, 5. the pixel decode itself. Decoder errors
-//! become [`Error::CorruptImage`]; nothing here panics on any input (see `fuzz/`).
+//!
+//! 1. size limit;
+//! 2. magic-byte format sniffing;
+//! 3. dimensions from the header (before any pixel is decoded);
+//! 4. decoder allocation limit;
+//! 5. the pixel decode itself.
+//!
+//! Decoder errors become [`Error::CorruptImage`]; nothing here panics on any input (see
+//! `fuzz/`).
 
 use std::io::Cursor;
 

@@ -88,12 +88,18 @@ impl Engine {
             plans: Mutex::new(HashMap::new()),
         };
         let plan = engine.plan(engine.plan_batch(1))?;
-        let out = plan.model().output_fact(0).map_err(tract_err(&entry.version))?;
+        let out = plan
+            .model()
+            .output_fact(0)
+            .map_err(tract_err(&entry.version))?;
         let classes = out.shape.as_concrete().and_then(|s| s.last().copied());
         if classes != Some(entry.num_classes) {
             return Err(Error::ModelLoad {
                 version: entry.version.clone(),
-                reason: format!("output shape {:?} does not end in {} classes", out.shape, entry.num_classes),
+                reason: format!(
+                    "output shape {:?} does not end in {} classes",
+                    out.shape, entry.num_classes
+                ),
             });
         }
         Ok(engine)

@@ -52,7 +52,9 @@ impl ModelLocator {
     /// The first existing path for `file` in the search directories.
     pub fn find(&self, file: &str) -> Result<PathBuf> {
         if file.contains(['/', '\\']) || file == ".." {
-            return Err(Error::Manifest(format!("file name {file:?} must not contain a path")));
+            return Err(Error::Manifest(format!(
+                "file name {file:?} must not contain a path"
+            )));
         }
         self.dirs
             .iter()
@@ -65,7 +67,11 @@ impl ModelLocator {
     }
 
     /// Find `file`, read it, and check its sha256 when `expected_sha256` is given.
-    pub fn read_verified(&self, file: &str, expected_sha256: Option<&str>) -> Result<(PathBuf, Vec<u8>)> {
+    pub fn read_verified(
+        &self,
+        file: &str,
+        expected_sha256: Option<&str>,
+    ) -> Result<(PathBuf, Vec<u8>)> {
         let path = self.find(file)?;
         let bytes = std::fs::read(&path).map_err(|source| Error::Io {
             path: path.clone(),

@@ -93,21 +93,35 @@ impl Manifest {
         let mut seen = std::collections::HashSet::new();
         for model in &self.models {
             if !seen.insert(model.version.as_str()) {
-                return Err(Error::Manifest(format!("duplicate version {:?}", model.version)));
+                return Err(Error::Manifest(format!(
+                    "duplicate version {:?}",
+                    model.version
+                )));
             }
             if model.version == "latest" {
-                return Err(Error::Manifest("\"latest\" is reserved for the default".into()));
+                return Err(Error::Manifest(
+                    "\"latest\" is reserved for the default".into(),
+                ));
             }
             if model.sha256.len() != 64 || !model.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(Error::Manifest(format!("{}: sha256 must be 64 hex digits", model.version)));
+                return Err(Error::Manifest(format!(
+                    "{}: sha256 must be 64 hex digits",
+                    model.version
+                )));
             }
             if matches!(model.batch, BatchSupport::Fixed(0)) || model.num_classes == 0 {
-                return Err(Error::Manifest(format!("{}: batch size and num_classes must be positive", model.version)));
+                return Err(Error::Manifest(format!(
+                    "{}: batch size and num_classes must be positive",
+                    model.version
+                )));
             }
             model.preprocess.check()?;
         }
         if !seen.contains(self.default.as_str()) {
-            return Err(Error::Manifest(format!("default version {:?} is not listed", self.default)));
+            return Err(Error::Manifest(format!(
+                "default version {:?} is not listed",
+                self.default
+            )));
         }
         Ok(())
     }
@@ -154,7 +168,9 @@ mod tests {
 
     #[test]
     fn rejects_a_default_that_is_not_listed() {
-        let mut text = Manifest::builtin().map(|m| toml::to_string(&m).unwrap()).unwrap();
+        let mut text = Manifest::builtin()
+            .map(|m| toml::to_string(&m).unwrap())
+            .unwrap();
         text = text.replacen("default = ", "default = \"nope\"\nx = ", 1);
         assert!(Manifest::parse(&text).is_err());
     }

@@ -11,10 +11,15 @@ use classifier_core::Classifier;
 
 /// The directory holding the shared models, labels, `samples/` and `reference/`.
 pub fn shared_models() -> PathBuf {
-    let labels = ModelLocator::from_env().find("imagenet_classes.txt").unwrap_or_else(|e| {
-        panic!("the shared models directory (../shared/models or $MODEL_DIR) is required: {e}")
-    });
-    labels.parent().expect("labels file has a parent").to_path_buf()
+    let labels = ModelLocator::from_env()
+        .find("imagenet_classes.txt")
+        .unwrap_or_else(|e| {
+            panic!("the shared models directory (../shared/models or $MODEL_DIR) is required: {e}")
+        });
+    labels
+        .parent()
+        .expect("labels file has a parent")
+        .to_path_buf()
 }
 
 /// The 14 sample photos: (stem, file name).
@@ -22,12 +27,21 @@ pub fn photos() -> Vec<(String, String)> {
     let dir = shared_models().join("samples");
     let mut photos: Vec<(String, String)> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("cannot list {dir:?}: {e}"))
-        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|n| n.ends_with(".png") || n.ends_with(".jpg"))
         .map(|n| (n.rsplit_once('.').expect("extension").0.to_string(), n))
         .collect();
     photos.sort();
-    assert_eq!(photos.len(), 14, "expected the 14 shared sample photos in {dir:?}");
+    assert_eq!(
+        photos.len(),
+        14,
+        "expected the 14 shared sample photos in {dir:?}"
+    );
     photos
 }
 
@@ -70,5 +84,8 @@ pub fn classifier(version: &str) -> Classifier {
 /// Maximum absolute difference between two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
