@@ -3,11 +3,14 @@
 //! Today it re-exports the core: validate image bytes, decode, preprocess exactly like
 //! torchvision, and run a real ImageNet ONNX model with pure-Rust tract.
 //!
-//! ```no_run
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let classifier = classifier::Classifier::load("latest")?;
-//! let result = classifier.classify(&std::fs::read("photo.jpg").unwrap())?;
+//! # let photo = classifier::model::ModelLocator::from_env().find("imagenet_classes.txt")?.with_file_name("samples/coffee.png");
+//! let result = classifier.classify(&std::fs::read(photo)?)?;
 //! println!("{} {:.3}", result.predictions[0].class_name, result.predictions[0].confidence);
-//! # Ok::<(), classifier::Error>(())
+//! assert_eq!(result.predictions[0].class_id, 967); // espresso
+//! # Ok(()) }
 //! ```
 //!
 //! The job service (`classifier-queue`) and the HTTP API (`classifier-http`) build on it.

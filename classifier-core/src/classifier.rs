@@ -67,11 +67,14 @@ struct Inner {
 
 /// A loaded model with its preprocessing and labels. Clone it freely: clones share the model.
 ///
-/// ```no_run
-/// # fn main() -> Result<(), classifier_core::Error> {
+/// ```
+/// # use classifier_core::model::ModelLocator;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let classifier = classifier_core::Classifier::load("latest")?;
-/// let result = classifier.classify(&std::fs::read("cat.jpg").unwrap())?;
-/// println!("{} ({:.1}%)", result.predictions[0].class_name, 100.0 * result.predictions[0].confidence);
+/// # let photo = ModelLocator::from_env().find("imagenet_classes.txt")?.with_file_name("samples/chelsea.png");
+/// let result = classifier.classify(&std::fs::read(photo)?)?;
+/// assert_eq!(result.predictions[0].class_name, "Egyptian cat");
+/// assert_eq!((result.image_metadata.width, result.image_metadata.height), (451, 300));
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -282,7 +285,7 @@ impl Classifier {
 
     /// Classify one image.
     ///
-    /// ```no_run
+    /// ```
     /// let classifier = classifier_core::Classifier::load("latest").unwrap();
     /// match classifier.classify(b"not an image") {
     ///     Err(e) => assert_eq!(e.code(), "INVALID_IMAGE"),
