@@ -62,7 +62,45 @@ fn inference(c: &mut Criterion) {
         BenchmarkId::new(format!("{}+2threads", manifest.default), "batch1"),
         |b| b.iter(|| threaded.engine().run(input.clone(), 1).expect("run")),
     );
+    tract_variants(&mut group, &input);
     group.finish();
+}
+
+/// The default model loaded with tract directly, to show what the engine's choices give:
+/// a typed but not optimized plan, and an optimized plan with a symbolic batch dimension.
+fn tract_variants(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    input: &[f32],
+) {
+    use tract_onnx::prelude::*;
+    let manifest = Manifest::builtin().expect("manifest");
+    let entry = manifest.get("latest").expect("default");
+    let path = common::shared_models().join(&entry.file);
+    let load = || tract_onnx::onnx().model_for_path(&path).expect("parse");
+    let tensor = || Tensor::from_shape(&[1, 3, 224, 224], input).expect("tensor");
+    let unoptimized = load()
+        .with_input_fact(0, f32::fact([1, 3, 224, 224]).into())
+        .and_then(|m| m.into_typed())
+        .and_then(|m| m.into_runnable())
+        .expect("typed plan");
+    group.bench_function(
+        BenchmarkId::new(format!("{}-not-optimized", entry.version), "batch1"),
+        |b| b.iter(|| unoptimized.run(tvec![tensor().into_tvalue()]).expect("run")),
+    );
+    let model = load();
+    let n = model.symbols.sym("N");
+    let symbolic = model
+        .with_input_fact(
+            0,
+            f32::fact(&[n.to_dim(), 3.to_dim(), 224.to_dim(), 224.to_dim()]).into(),
+        )
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .expect("symbolic plan");
+    group.bench_function(
+        BenchmarkId::new(format!("{}-symbolic-batch", entry.version), "batch1"),
+        |b| b.iter(|| symbolic.run(tvec![tensor().into_tvalue()]).expect("run")),
+    );
 }
 
 criterion_group!(benches, inference);
