@@ -136,6 +136,13 @@ impl ValidationConfig {
         bytes: &'a [u8],
     ) -> Result<(impl ImageDecoder + 'a, ImageFormat, Orientation)> {
         let format = self.check_bytes(bytes)?;
+        if format == ImageFormat::Jpeg && !jpeg_has_end_of_image(bytes) {
+            // zune-jpeg (lenient mode) would fill a cut-off scan with gray and succeed.
+            return Err(Error::CorruptImage {
+                format: "JPEG",
+                reason: "truncated: no end-of-image marker after the image data".into(),
+            });
+        }
         let mut reader = ImageReader::with_format(Cursor::new(bytes), format.to_image_crate());
         let mut limits = Limits::no_limits();
         limits.max_alloc = Some(self.max_decode_alloc);
@@ -195,6 +202,18 @@ impl ValidationConfig {
             rgb: to_rgb8(image),
         })
     }
+}
+
+/// True if an EOI marker (`FF D9`) follows the first start-of-scan marker (`FF DA`).
+///
+/// Entropy-coded data never contains `FF D9` (a data `FF` is stuffed as `FF 00`), so a JPEG
+/// cut anywhere inside its scans has no EOI after its first SOS. An EOI that belongs to an
+/// EXIF thumbnail comes before the main image's SOS and does not count.
+fn jpeg_has_end_of_image(bytes: &[u8]) -> bool {
+    let Some(sos) = bytes.windows(2).position(|w| w == [0xFF, 0xDA]) else {
+        return false;
+    };
+    bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 fn format_name(format: ImageFormat) -> &'static str {
