@@ -274,3 +274,29 @@ fn labels_keep_class_ids_for_duplicate_names() {
     assert_eq!(classifier.labels().ids_of("maillot"), vec![638, 639]);
     assert_eq!(classifier.labels().len(), 1000);
 }
+
+#[test]
+fn one_loaded_model_serves_many_threads() {
+    let classifier = common::classifier("shufflenet-v2-f32");
+    let photos = [
+        ("chelsea.png", 285usize),
+        ("coffee.png", 967),
+        ("camera.png", 872),
+    ];
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let classifier = classifier.clone();
+            let (file, expected) = photos[i % photos.len()];
+            let bytes = common::photo_bytes(file);
+            std::thread::spawn(move || {
+                for _ in 0..3 {
+                    let top = classifier.classify(&bytes).unwrap().predictions[0].class_id;
+                    assert_eq!(top, expected, "{file}");
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().expect("no thread panicked");
+    }
+}
