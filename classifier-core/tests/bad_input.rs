@@ -25,35 +25,61 @@ fn decode(bytes: &[u8]) -> Result<(), Error> {
     ValidationConfig::default().decode(bytes).map(|_| ())
 }
 
+/// The error of `result`, which must have failed with API code `code`.
+fn failure<T: std::fmt::Debug>(result: Result<T, Error>, code: &str) -> Error {
+    let err = result.expect_err("expected an error");
+    assert_eq!(err.code(), code, "{err}");
+    err
+}
+
+/// Both the header check and the full decode refuse `bytes` with `UnsupportedFormat` naming
+/// `detected`, in the variant and in the message.
+fn assert_unsupported(config: &ValidationConfig, bytes: &[u8], detected: &str) {
+    for err in [
+        failure(config.inspect(bytes), "INVALID_IMAGE"),
+        failure(config.decode(bytes), "INVALID_IMAGE"),
+    ] {
+        assert!(
+            matches!(&err, Error::UnsupportedFormat { detected: d, .. } if d == detected),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("unsupported image format: {detected};")),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn empty() {
-    let err = decode(b"").unwrap_err();
-    assert!(matches!(err, Error::EmptyImage));
-    assert_eq!(err.code(), "INVALID_IMAGE");
+    let err = failure(decode(b""), "INVALID_IMAGE");
+    assert!(matches!(err, Error::EmptyImage), "{err}");
+    let err = failure(ValidationConfig::default().inspect(b""), "INVALID_IMAGE");
+    assert!(matches!(err, Error::EmptyImage), "{err}");
 }
 
 #[test]
 fn one_byte() {
-    let err = decode(&[0xFF]).unwrap_err();
-    assert!(matches!(err, Error::UnsupportedFormat { .. }), "{err}");
+    // 0xFF is the first byte of a JPEG signature, but one byte is not a JPEG.
+    assert_unsupported(&ValidationConfig::default(), &[0xFF], "unknown binary data");
+    assert_unsupported(&ValidationConfig::default(), b"A", "text");
 }
 
 #[test]
 fn text() {
-    let err = decode(b"name,label\ncat.jpg,cat\n").unwrap_err();
-    assert!(
-        matches!(&err, Error::UnsupportedFormat { detected, .. } if detected == "text"),
-        "{err}"
-    );
+    let bytes = b"name,label\ncat.jpg,cat\n";
+    assert_unsupported(&ValidationConfig::default(), bytes, "text");
+    let err = failure(decode(bytes), "INVALID_IMAGE");
     assert!(err.to_string().contains("JPEG, PNG, WEBP"), "{err}");
 }
 
 #[test]
 fn html() {
-    let err = decode(b"<!DOCTYPE html><html><body>hi</body></html>").unwrap_err();
-    assert!(
-        matches!(&err, Error::UnsupportedFormat { detected, .. } if detected == "HTML"),
-        "{err}"
+    assert_unsupported(
+        &ValidationConfig::default(),
+        b"<!DOCTYPE html><html><body>hi</body></html>",
+        "HTML",
     );
 }
 
@@ -62,14 +88,17 @@ fn jpeg_cut_in_half() {
     let bytes = common::photo_bytes("dog.jpg");
     let half = &bytes[..bytes.len() / 2];
     // The header is intact, but the cheap check already sees that the scan data is cut.
-    assert!(ValidationConfig::default().inspect(half).is_err());
-    let err = decode(half).unwrap_err();
+    let err = failure(ValidationConfig::default().inspect(half), "INVALID_IMAGE");
+    assert!(
+        matches!(err, Error::CorruptImage { format: "JPEG", .. }),
+        "{err}"
+    );
+    let err = failure(decode(half), "INVALID_IMAGE");
     assert!(
         matches!(err, Error::CorruptImage { format: "JPEG", .. }),
         "{err}"
     );
     assert!(err.to_string().contains("truncated"), "{err}");
-    assert_eq!(err.code(), "INVALID_IMAGE");
     // Every cut point fails cleanly, none panics.
     for cut in (2..bytes.len()).step_by(bytes.len() / 50) {
         assert!(decode(&bytes[..cut]).is_err(), "cut at {cut} decoded");
@@ -79,7 +108,7 @@ fn jpeg_cut_in_half() {
 #[test]
 fn png_cut_in_half() {
     let bytes = common::photo_bytes("chelsea.png");
-    let err = decode(&bytes[..bytes.len() / 2]).unwrap_err();
+    let err = failure(decode(&bytes[..bytes.len() / 2]), "INVALID_IMAGE");
     assert!(
         matches!(err, Error::CorruptImage { format: "PNG", .. }),
         "{err}"
@@ -131,8 +160,12 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
 
 #[test]
 fn png_header_claiming_100000_square_is_refused_before_allocating() {
+    let started = std::time::Instant::now();
     let bomb = png_claiming(100_000, 100_000);
-    let err = decode(&bomb).unwrap_err();
+    assert_eq!(&bomb[12..16], b"IHDR");
+    let err = failure(ValidationConfig::default().inspect(&bomb), "INVALID_IMAGE");
+    assert!(matches!(err, Error::ImageTooLarge { .. }), "{err}");
+    let err = failure(decode(&bomb), "INVALID_IMAGE");
     assert!(
         matches!(
             err,
@@ -152,8 +185,22 @@ fn png_header_claiming_100000_square_is_refused_before_allocating() {
         max_decode_alloc: 64 * 1024 * 1024,
         ..ValidationConfig::default()
     };
-    let err = lenient.decode(&bomb).unwrap_err();
-    assert!(matches!(err, Error::DecodeLimitExceeded { .. }), "{err}");
+    for result in [
+        lenient.inspect(&bomb).map(|_| ()),
+        lenient.decode(&bomb).map(|_| ()),
+    ] {
+        let err = failure(result, "INVALID_IMAGE");
+        assert!(
+            matches!(err, Error::DecodeLimitExceeded { limit } if limit == 64 * 1024 * 1024),
+            "{err}"
+        );
+    }
+    // Refused from the header: no 30 GB allocation, no pixel work.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < std::time::Duration::from_secs(1),
+        "took {elapsed:?}"
+    );
 }
 
 #[test]
@@ -164,10 +211,11 @@ fn decoder_allocation_limit_both_sides() {
         ..ValidationConfig::default()
     };
     assert!(at(12_288).decode(&bytes).is_ok());
-    assert!(matches!(
-        at(12_287).decode(&bytes),
-        Err(Error::DecodeLimitExceeded { .. })
-    ));
+    let err = failure(at(12_287).decode(&bytes), "INVALID_IMAGE");
+    assert!(
+        matches!(err, Error::DecodeLimitExceeded { limit: 12_287 }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -176,17 +224,20 @@ fn gif_is_unsupported_by_default_and_accepted_when_configured() {
         image::DynamicImage::new_rgba8(40, 40),
         image::ImageFormat::Gif,
     );
-    let err = decode(&gif).unwrap_err();
-    assert!(
-        matches!(&err, Error::UnsupportedFormat { detected, .. } if detected == "GIF"),
-        "{err}"
-    );
+    assert_unsupported(&ValidationConfig::default(), &gif, "GIF");
     let with_gif = ValidationConfig {
         accepted_formats: vec![ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::Gif],
         ..ValidationConfig::default()
     };
     let decoded = with_gif.decode(&gif).expect("GIF accepted when configured");
     assert_eq!(decoded.metadata.format, ImageFormat::Gif);
+    assert_eq!((decoded.metadata.width, decoded.metadata.height), (40, 40));
+    // Accepting GIF does not accept BMP.
+    let bmp = encode(
+        image::DynamicImage::new_rgb8(40, 40),
+        image::ImageFormat::Bmp,
+    );
+    assert_unsupported(&with_gif, &bmp, "BMP");
 }
 
 #[test]
@@ -195,35 +246,35 @@ fn bmp_is_unsupported() {
         image::DynamicImage::new_rgb8(40, 40),
         image::ImageFormat::Bmp,
     );
-    let err = decode(&bmp).unwrap_err();
-    assert!(
-        matches!(&err, Error::UnsupportedFormat { detected, .. } if detected == "BMP"),
-        "{err}"
-    );
+    assert_unsupported(&ValidationConfig::default(), &bmp, "BMP");
+    let with_bmp = ValidationConfig {
+        accepted_formats: vec![ImageFormat::Bmp],
+        ..ValidationConfig::default()
+    };
+    let decoded = with_bmp.decode(&bmp).expect("BMP accepted when configured");
+    assert_eq!(decoded.metadata.format, ImageFormat::Bmp);
 }
 
 #[test]
 fn svg_is_unsupported() {
     let svg = br#"<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="100" height="100"><circle r="40"/></svg>"#;
-    let err = decode(svg).unwrap_err();
-    assert!(
-        matches!(&err, Error::UnsupportedFormat { detected, .. } if detected == "SVG"),
-        "{err}"
+    assert_unsupported(&ValidationConfig::default(), svg, "SVG");
+    // Without the XML declaration too.
+    assert_unsupported(
+        &ValidationConfig::default(),
+        br#"<svg xmlns="http://www.w3.org/2000/svg"/>"#,
+        "SVG",
     );
 }
 
 #[test]
 fn tiff_is_unsupported() {
-    let err = decode(b"II*\0\x08\0\0\0\0\0").unwrap_err();
-    assert!(
-        matches!(&err, Error::UnsupportedFormat { detected, .. } if detected == "TIFF"),
-        "{err}"
-    );
+    assert_unsupported(&ValidationConfig::default(), b"II*\0\x08\0\0\0\0\0", "TIFF");
 }
 
 #[test]
 fn minimum_dimensions_both_sides() {
-    let err = decode(&png(16, 16)).unwrap_err();
+    let err = failure(decode(&png(16, 16)), "INVALID_IMAGE");
     assert!(
         matches!(
             err,
@@ -235,10 +286,16 @@ fn minimum_dimensions_both_sides() {
         ),
         "{err}"
     );
-    assert!(matches!(
-        decode(&png(31, 32)),
-        Err(Error::ImageTooSmall { .. })
-    ));
+    let err = failure(decode(&png(31, 32)), "INVALID_IMAGE");
+    assert!(
+        matches!(err, Error::ImageTooSmall { width: 31, .. }),
+        "{err}"
+    );
+    let err = failure(decode(&png(32, 31)), "INVALID_IMAGE");
+    assert!(
+        matches!(err, Error::ImageTooSmall { height: 31, .. }),
+        "{err}"
+    );
     assert!(decode(&png(32, 32)).is_ok());
     let tiny_ok = ValidationConfig {
         min_width: 16,
@@ -253,26 +310,30 @@ fn maximum_dimensions_both_sides() {
     let v = ValidationConfig::default();
     assert!(v.inspect(&png(4096, 32)).is_ok());
     assert!(v.inspect(&png(32, 4096)).is_ok());
-    assert!(matches!(
-        v.inspect(&png(4097, 32)),
-        Err(Error::ImageTooLarge { width: 4097, .. })
-    ));
-    assert!(matches!(
-        v.inspect(&png(32, 4097)),
-        Err(Error::ImageTooLarge { height: 4097, .. })
-    ));
+    let err = failure(v.inspect(&png(4097, 32)), "INVALID_IMAGE");
+    assert!(
+        matches!(err, Error::ImageTooLarge { width: 4097, .. }),
+        "{err}"
+    );
+    let err = failure(v.inspect(&png(32, 4097)), "INVALID_IMAGE");
+    assert!(
+        matches!(err, Error::ImageTooLarge { height: 4097, .. }),
+        "{err}"
+    );
     let small_max = ValidationConfig {
         max_width: 100,
         max_height: 100,
         ..ValidationConfig::default()
     };
     assert!(small_max.decode(&png(100, 100)).is_ok());
-    assert!(small_max.decode(&png(101, 100)).is_err());
+    let err = failure(small_max.decode(&png(101, 100)), "INVALID_IMAGE");
+    assert!(matches!(err, Error::ImageTooLarge { .. }), "{err}");
 }
 
 #[test]
 fn max_file_size_both_sides() {
-    let bytes = common::photo_bytes("chelsea_gray.jpg");
+    // A real small PNG; the limit is set to exactly its length, then one byte less.
+    let bytes = png(40, 40);
     let exact = ValidationConfig {
         max_file_size: bytes.len(),
         ..ValidationConfig::default()
@@ -285,27 +346,40 @@ fn max_file_size_both_sides() {
         max_file_size: bytes.len() - 1,
         ..ValidationConfig::default()
     };
-    let err = one_less.decode(&bytes).unwrap_err();
-    assert!(matches!(err, Error::FileTooLarge { .. }), "{err}");
-    assert_eq!(err.code(), "PAYLOAD_TOO_LARGE");
+    for result in [
+        one_less.inspect(&bytes).map(|_| ()),
+        one_less.decode(&bytes).map(|_| ()),
+    ] {
+        let err = failure(result, "PAYLOAD_TOO_LARGE");
+        assert!(
+            matches!(err, Error::FileTooLarge { size, limit } if size == bytes.len() && limit == bytes.len() - 1),
+            "{err}"
+        );
+    }
     // Default limit: 10 MiB + 1 byte of otherwise valid-looking JPEG is refused by size.
     let mut big = common::photo_bytes("dog.jpg");
     big.resize(10 * 1024 * 1024 + 1, 0);
-    assert!(matches!(
-        decode(&big),
-        Err(Error::FileTooLarge {
-            limit: 10_485_760,
-            ..
-        })
-    ));
+    let err = failure(decode(&big), "PAYLOAD_TOO_LARGE");
+    assert!(
+        matches!(
+            err,
+            Error::FileTooLarge {
+                size: 10_485_761,
+                limit: 10_485_760
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_jpeg_named_png_is_accepted_because_content_decides() {
-    let path = std::env::temp_dir().join(format!("really-a-jpeg-{}.png", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("bad-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("x.png");
     std::fs::write(&path, common::photo_bytes("dog.jpg")).expect("write");
     let bytes = std::fs::read(&path).expect("read");
-    std::fs::remove_file(&path).ok();
+    std::fs::remove_dir_all(&dir).ok();
     let decoded = ValidationConfig::default().decode(&bytes).expect("decodes");
     assert_eq!(decoded.metadata.format, ImageFormat::Jpeg);
     assert_eq!(
@@ -323,7 +397,7 @@ fn garbage_after_a_valid_signature_is_a_corrupt_image() {
     ] {
         let mut bytes = magic.to_vec();
         bytes.extend_from_slice(&[0xAB; 64]);
-        let err = decode(&bytes).unwrap_err();
+        let err = failure(decode(&bytes), "INVALID_IMAGE");
         assert!(matches!(err, Error::CorruptImage { .. }), "{err}");
     }
 }
