@@ -160,7 +160,6 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
 
 #[test]
 fn png_header_claiming_100000_square_is_refused_before_allocating() {
-    let started = std::time::Instant::now();
     let bomb = png_claiming(100_000, 100_000);
     assert_eq!(&bomb[12..16], b"IHDR");
     let err = failure(ValidationConfig::default().inspect(&bomb), "INVALID_IMAGE");
@@ -195,12 +194,8 @@ fn png_header_claiming_100000_square_is_refused_before_allocating() {
             "{err}"
         );
     }
-    // Refused from the header: no 30 GB allocation, no pixel work.
-    let elapsed = started.elapsed();
-    assert!(
-        elapsed < std::time::Duration::from_secs(1),
-        "took {elapsed:?}"
-    );
+    // Refused from the header: a real decode would have to allocate 30 GB, which this
+    // test process could not survive; no timing assertion (machines are noisy).
 }
 
 #[test]
