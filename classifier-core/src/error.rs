@@ -135,6 +135,56 @@ pub enum Error {
     #[error("inference failed: {0}")]
     Inference(String),
 
+    /// The queue holds its maximum number of waiting jobs: try again later.
+    #[error("the queue is full ({depth} jobs waiting, limit {limit}); retry later")]
+    QueueFull {
+        /// Jobs waiting now.
+        depth: usize,
+        /// The configured maximum.
+        limit: usize,
+    },
+
+    /// No job with this id (or it expired, or belongs to someone else).
+    #[error("job {0} not found")]
+    JobNotFound(String),
+
+    /// The state machine refused a change (e.g. cancelling a finished job).
+    #[error("job {job_id} is {from}: cannot {event} ({reason})")]
+    IllegalTransition {
+        /// The job.
+        job_id: String,
+        /// Its status when the event arrived.
+        from: crate::job::JobStatus,
+        /// The refused event's name.
+        event: &'static str,
+        /// Why it is illegal.
+        reason: String,
+    },
+
+    /// The job exists but has no result (yet): it is pending, processing, failed or
+    /// cancelled.
+    #[error("job {job_id} is {status}, not completed{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    JobNotCompleted {
+        /// The job.
+        job_id: String,
+        /// Its status.
+        status: crate::job::JobStatus,
+        /// Its error message, if it failed.
+        message: Option<String>,
+    },
+
+    /// The backend (e.g. Redis) cannot be reached or failed; the operation may be retried.
+    #[error("backend unavailable: {0}")]
+    BackendUnavailable(String),
+
+    /// Stored data could not be read back (a bug or a foreign writer).
+    #[error("corrupt stored data: {0}")]
+    CorruptData(String),
+
+    /// The service is shutting down and takes no new work.
+    #[error("the service is shutting down")]
+    ShuttingDown,
+
     /// An I/O error while reading model files.
     #[error("I/O error on {path:?}: {source}")]
     Io {
@@ -167,6 +217,16 @@ impl Error {
             Error::FileTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             e if e.is_invalid_image() => "INVALID_IMAGE",
             Error::UnknownModelVersion { .. } => "VALIDATION_ERROR",
+            Error::QueueFull { .. } | Error::BackendUnavailable(_) | Error::ShuttingDown => {
+                "SERVICE_UNAVAILABLE"
+            }
+            Error::JobNotFound(_) => "JOB_NOT_FOUND",
+            Error::IllegalTransition { .. } => "CONFLICT",
+            Error::JobNotCompleted { status, .. } => match status {
+                crate::job::JobStatus::Failed => "JOB_FAILED",
+                crate::job::JobStatus::Cancelled => "JOB_CANCELLED",
+                _ => "JOB_NOT_COMPLETED",
+            },
             _ => "INTERNAL_ERROR",
         }
     }

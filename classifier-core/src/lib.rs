@@ -7,7 +7,10 @@
 //! - [`preprocess`]: torchvision-exact resize/crop/normalize into the model's tensor;
 //! - [`model`]: the manifest, locating and verifying model files, labels, the tract engine;
 //! - [`postprocess`]: softmax and top-K;
-//! - [`classifier`]: the [`Classifier`] that ties them together.
+//! - [`classifier`]: the [`Classifier`] that ties them together;
+//! - [`job`]: job records, priorities, stages and the state machine;
+//! - [`backend`]: the traits every job backend implements (store, leased priority queue,
+//!   status feed).
 //!
 //! ```no_run
 //! let classifier = classifier_core::Classifier::load("latest")?;
@@ -16,12 +19,16 @@
 //! # Ok::<(), classifier_core::Error>(())
 //! ```
 
+pub mod backend;
 pub mod classifier;
 pub mod error;
 pub mod image;
+pub mod job;
+pub mod metrics;
 pub mod model;
 pub mod postprocess;
 pub mod preprocess;
+pub mod service;
 
 pub use classifier::{Classification, Classifier, ClassifierBuilder, PreparedImage, Timings};
 pub use error::{Error, Result};
