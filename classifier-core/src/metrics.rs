@@ -84,8 +84,7 @@ impl Metrics {
         let queue_depth = Family::<PriorityLabel, Gauge>::default();
         let preprocess = latency_histogram();
         let inference = latency_histogram();
-        let batch_size =
-            Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0].into_iter());
+        let batch_size = Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0]);
         let models_loaded = Gauge::default();
         let events = Family::<NameLabel, Counter>::default();
         let result_cache_hits = Counter::default();

@@ -182,7 +182,7 @@ pub enum CasOutcome {
     Swapped,
     /// The stored revision was not the expected one; here is the current record (`None`
     /// if it no longer exists).
-    Conflict(Option<JobRecord>),
+    Conflict(Option<Box<JobRecord>>),
 }
 
 /// A live worker, as last reported.
@@ -313,7 +313,7 @@ pub async fn transition(
         next.apply(event, Utc::now())?;
         match store.compare_and_swap(&next).await? {
             CasOutcome::Swapped => return Ok(next),
-            CasOutcome::Conflict(Some(latest)) => current = latest,
+            CasOutcome::Conflict(Some(latest)) => current = *latest,
             CasOutcome::Conflict(None) => return Err(crate::Error::JobNotFound(id.to_string())),
         }
     }
