@@ -1,0 +1,276 @@
+//! Configuration: every environment variable of the API contract, each overridable by a CLI
+//! flag of the same meaning (`API_PORT=9000` or `--port 9000`; the flag wins).
+//!
+//! [`Config`] is the whole process's configuration (the server example also uses the model,
+//! worker, queue and TTL settings to build the service); [`HttpConfig`] is the part this
+//! crate's server needs, with defaults suitable for tests.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::error::{Error, Result};
+use crate::rate_limit::RateLimit;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole configuration of the server process.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "server", about = "Asynchronous image classification HTTP API")]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long = "host", env = "API_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 = any free port).
+    #[arg(long = "port", env = "API_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Redis URL; unset = in-memory backend.
+    #[arg(long = "redis-url", env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// In-process workers (default: the number of cores; 0 = API only).
+    #[arg(long = "workers", env = "WORKERS")]
+    pub workers: Option<usize>,
+    /// Extra directory searched first for model files.
+    #[arg(long = "model-dir", env = "MODEL_DIR")]
+    pub model_dir: Option<String>,
+    /// Model version used for "latest" (default: the manifest's default).
+    #[arg(long = "default-model-version", env = "DEFAULT_MODEL_VERSION")]
+    pub default_model_version: Option<String>,
+    /// Model versions kept loaded (LRU).
+    #[arg(
+        long = "model-cache-size",
+        env = "MODEL_CACHE_SIZE",
+        default_value_t = 3
+    )]
+    pub model_cache_size: usize,
+    /// Largest accepted image file, in bytes (exactly this size is accepted).
+    #[arg(
+        long = "max-file-size",
+        env = "MAX_FILE_SIZE",
+        default_value_t = 10_485_760
+    )]
+    pub max_file_size: usize,
+    /// Most jobs waiting in the queue before submissions get 503.
+    #[arg(
+        long = "max-queue-depth",
+        env = "MAX_QUEUE_DEPTH",
+        default_value_t = 10_000
+    )]
+    pub max_queue_depth: usize,
+    /// API keys, comma-separated (none = auth off).
+    #[arg(long = "api-keys", env = "API_KEYS", value_delimiter = ',')]
+    pub api_keys: Vec<String>,
+    /// Admin API keys, comma-separated (they are API keys too).
+    #[arg(long = "admin-api-keys", env = "ADMIN_API_KEYS", value_delimiter = ',')]
+    pub admin_api_keys: Vec<String>,
+    /// Requests per minute per key (per IP without auth); 0 turns rate limiting off.
+    #[arg(
+        long = "rate-limit-per-minute",
+        env = "RATE_LIMIT_PER_MINUTE",
+        default_value_t = 60
+    )]
+    pub rate_limit_per_minute: u32,
+    /// Token-bucket capacity.
+    #[arg(
+        long = "rate-limit-burst",
+        env = "RATE_LIMIT_BURST",
+        default_value_t = 10
+    )]
+    pub rate_limit_burst: u32,
+    /// HMAC secret for webhook signatures (webhooks arrive with a later issue).
+    #[arg(
+        long = "webhook-secret",
+        env = "WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub webhook_secret: Option<String>,
+    /// Allow webhook destinations on private networks (tests).
+    #[arg(long = "webhook-allow-private", env = "WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_private: bool,
+    /// Log filter (`info`, `debug`, `classifier_http=debug,info`, ...).
+    #[arg(long = "log-level", env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Seconds a job record lives after its last change.
+    #[arg(long = "status-ttl", env = "STATUS_TTL", default_value_t = 3600)]
+    pub status_ttl_secs: u64,
+    /// Seconds a result lives after completion.
+    #[arg(long = "result-ttl", env = "RESULT_TTL", default_value_t = 86_400)]
+    pub result_ttl_secs: u64,
+    /// Seconds an uploaded image is kept.
+    #[arg(long = "image-ttl", env = "IMAGE_TTL", default_value_t = 1800)]
+    pub image_ttl_secs: u64,
+    /// Seconds a client has to send the request headers; also how long an idle keep-alive
+    /// connection stays open waiting for its next request.
+    #[arg(
+        long = "header-read-timeout",
+        env = "HEADER_READ_TIMEOUT",
+        default_value_t = 10.0
+    )]
+    pub header_read_timeout_secs: f64,
+    /// Seconds a request body may stall (no bytes arriving) before 408.
+    #[arg(
+        long = "body-read-timeout",
+        env = "BODY_READ_TIMEOUT",
+        default_value_t = 10.0
+    )]
+    pub body_read_timeout_secs: f64,
+    /// Most concurrent connections; more wait in the listen backlog.
+    #[arg(
+        long = "max-connections",
+        env = "MAX_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    pub max_connections: usize,
+    /// Most files in one batch request.
+    #[arg(
+        long = "max-batch-files",
+        env = "MAX_BATCH_FILES",
+        default_value_t = 10
+    )]
+    pub max_batch_files: usize,
+    /// Seconds in-flight requests get to finish at shutdown.
+    #[arg(
+        long = "shutdown-timeout",
+        env = "SHUTDOWN_TIMEOUT",
+        default_value_t = 30.0
+    )]
+    pub shutdown_timeout_secs: f64,
+}
+
+impl Config {
+    /// The address to bind.
+    pub fn listen_addr(&self) -> Result<SocketAddr> {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        let ip: std::net::IpAddr = host.parse().map_err(|e| {
+            Error::Config(format!(
+                "API_HOST {:?} is not an IP address: {e}",
+                self.host
+            ))
+        })?;
+        Ok(SocketAddr::new(ip, self.port))
+    }
+
+    /// The HTTP server's part of the configuration.
+    pub fn http(&self) -> Result<HttpConfig> {
+        let secs = |name: &str, v: f64| {
+            Duration::try_from_secs_f64(v)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "{name} must be a positive number of seconds, not {v}"
+                    ))
+                })
+        };
+        if self.max_connections == 0 || self.max_batch_files == 0 || self.max_file_size == 0 {
+            return Err(Error::Config(
+                "MAX_CONNECTIONS, MAX_BATCH_FILES and MAX_FILE_SIZE must be positive".into(),
+            ));
+        }
+        if self.rate_limit_per_minute > 0 && self.rate_limit_burst == 0 {
+            return Err(Error::Config("RATE_LIMIT_BURST must be positive".into()));
+        }
+        Ok(HttpConfig {
+            max_file_size: self.max_file_size,
+            max_batch_files: self.max_batch_files,
+            api_keys: clean(&self.api_keys),
+            admin_api_keys: clean(&self.admin_api_keys),
+            rate_limit: RateLimit {
+                per_minute: self.rate_limit_per_minute,
+                burst: self.rate_limit_burst,
+            },
+            header_read_timeout: secs("HEADER_READ_TIMEOUT", self.header_read_timeout_secs)?,
+            body_read_timeout: secs("BODY_READ_TIMEOUT", self.body_read_timeout_secs)?,
+            max_connections: self.max_connections,
+            shutdown_timeout: secs("SHUTDOWN_TIMEOUT", self.shutdown_timeout_secs)?,
+        })
+    }
+}
+
+fn clean(keys: &[String]) -> Vec<String> {
+    keys.iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
+/// What the HTTP server needs. `Default` gives the documented defaults with auth off.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest accepted file in bytes (each file of a batch); exactly this size is accepted.
+    pub max_file_size: usize,
+    /// Most files in one batch.
+    pub max_batch_files: usize,
+    /// API keys (empty with `admin_api_keys` empty = auth off).
+    pub api_keys: Vec<String>,
+    /// Admin API keys.
+    pub admin_api_keys: Vec<String>,
+    /// Token bucket settings (`per_minute == 0` = off).
+    pub rate_limit: RateLimit,
+    /// Time to receive request headers; also the idle keep-alive timeout.
+    pub header_read_timeout: Duration,
+    /// Longest stall of a request body.
+    pub body_read_timeout: Duration,
+    /// Concurrent connection cap.
+    pub max_connections: usize,
+    /// Grace period for in-flight requests at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_file_size: 10 * 1024 * 1024,
+            max_batch_files: 10,
+            api_keys: Vec::new(),
+            admin_api_keys: Vec::new(),
+            rate_limit: RateLimit {
+                per_minute: 60,
+                burst: 10,
+            },
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_defaults() {
+        let c = Config::try_parse_from([
+            "server",
+            "--port",
+            "9001",
+            "--api-keys",
+            "a, b,,",
+            "--rate-limit-per-minute",
+            "0",
+            "--header-read-timeout",
+            "1.5",
+        ])
+        .unwrap();
+        assert_eq!(c.port, 9001);
+        let h = c.http().unwrap();
+        assert_eq!(h.api_keys, ["a", "b"]);
+        assert_eq!(h.rate_limit.per_minute, 0);
+        assert_eq!(h.header_read_timeout, Duration::from_millis(1500));
+        assert_eq!(h.max_file_size, 10_485_760);
+    }
+}

@@ -1,0 +1,238 @@
+//! The OpenAPI 3.1 document of the API as implemented (served at `/openapi.json` and
+//! `/api/v1/openapi.json`). A unit test checks that every route of [`crate::router::ROUTES`]
+//! is documented.
+
+use serde_json::{json, Value};
+
+fn error_ref(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn ok(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+fn id_param() -> Value {
+    json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"},
+           "description": "Job id; malformed, expired and foreign ids are all 404 JOB_NOT_FOUND."})
+}
+
+fn secured() -> Value {
+    json!([{"ApiKey": []}, {"Bearer": []}])
+}
+
+fn options_properties() -> Value {
+    json!({
+        "priority": {"type": "string", "enum": ["low", "normal", "high", "urgent"], "default": "normal"},
+        "model_version": {"type": "string", "description": "A version of GET /models, or \"latest\" (default)."},
+        "callback_url": {"type": "string", "format": "uri", "description": "http(s) URL notified on a terminal state."},
+        "metadata": {"type": "string", "description": "A JSON object, at most 1024 bytes; returned with include_metadata=true."}
+    })
+}
+
+fn multipart(file_field: &str, many: bool) -> Value {
+    let mut props = options_properties();
+    props[file_field] = if many {
+        json!({"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1, "maxItems": 10})
+    } else {
+        json!({"type": "string", "format": "binary"})
+    };
+    json!({"required": true, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": [file_field], "properties": props}}}})
+}
+
+fn submit_errors() -> Value {
+    json!({
+        "400": error_ref("INVALID_IMAGE: not an accepted image, corrupt, truncated, too small or too large in pixels"),
+        "401": error_ref("UNAUTHORIZED: missing or unknown API key"),
+        "408": error_ref("REQUEST_TIMEOUT: the body stopped arriving"),
+        "413": error_ref("PAYLOAD_TOO_LARGE: a file above MAX_FILE_SIZE (exactly the limit is accepted)"),
+        "415": error_ref("UNSUPPORTED_MEDIA_TYPE: not multipart/form-data"),
+        "422": error_ref("VALIDATION_ERROR: bad priority, metadata, callback_url, unknown model_version, missing or duplicate file"),
+        "429": error_ref("RATE_LIMITED (Retry-After, X-RateLimit-*)"),
+        "503": error_ref("SERVICE_UNAVAILABLE: queue full or backend down (Retry-After)")
+    })
+}
+
+fn job_errors() -> Value {
+    json!({"401": error_ref("UNAUTHORIZED"), "404": error_ref("JOB_NOT_FOUND"), "429": error_ref("RATE_LIMITED")})
+}
+
+fn admin_errors() -> Value {
+    json!({"401": error_ref("UNAUTHORIZED: no key"), "403": error_ref("FORBIDDEN: not an admin key"), "429": error_ref("RATE_LIMITED")})
+}
+
+fn merge(a: Value, b: Value) -> Value {
+    let mut a = a;
+    if let (Some(a), Some(b)) = (a.as_object_mut(), b.as_object()) {
+        for (k, v) in b {
+            a.insert(k.clone(), v.clone());
+        }
+    }
+    a
+}
+
+fn health_get(summary: &str) -> Value {
+    json!({"get": {"summary": summary, "tags": ["health"], "security": [], "responses": {
+        "200": ok("Serving", json!({"$ref": "#/components/schemas/Health"})),
+        "503": ok("Unhealthy / not ready", json!({"$ref": "#/components/schemas/Health"}))}}})
+}
+
+/// The document.
+pub fn document() -> Value {
+    let status_schema = json!({"$ref": "#/components/schemas/Status"});
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Image classification service",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Asynchronous image classification with real ONNX models. Every response carries X-Request-ID (echoed if sent). Errors are {error, detail, timestamp, path, request_id}; 409 bodies add status. Rate-limited routes return X-RateLimit-Limit (bucket size), X-RateLimit-Remaining and X-RateLimit-Reset (seconds until full)."
+        },
+        "servers": [{"url": "/"}],
+        "paths": {
+            "/": {"get": {"summary": "Demo page: upload a photo and follow it over the WebSocket", "tags": ["docs"], "security": [],
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "tags": ["health"], "security": [],
+                "responses": {"200": {"description": "OpenMetrics text", "content": {"application/openmetrics-text": {}}}}}},
+            "/openapi.json": {"get": {"summary": "This document", "tags": ["docs"], "security": [],
+                "responses": {"200": ok("OpenAPI 3.1", json!({"type": "object"}))}}},
+            "/api/v1/openapi.json": {"get": {"summary": "This document (rate-limited)", "tags": ["docs"], "security": [],
+                "responses": {"200": ok("OpenAPI 3.1", json!({"type": "object"})), "429": error_ref("RATE_LIMITED")}}},
+            "/api/v1/health": health_get("Overall health: healthy, degraded (200) or unhealthy (503)"),
+            "/api/v1/health/live": health_get("Liveness: 200 while the process serves"),
+            "/api/v1/health/ready": health_get("Readiness: 503 when the backend is down or the default model is not loaded"),
+            "/api/v1/models": {"get": {"summary": "Model versions, the default, loaded or not, input size", "tags": ["models"],
+                "responses": merge(json!({"200": ok("Models", json!({"type": "object", "properties": {
+                    "default": {"type": "string"}, "models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}}))}),
+                    json!({"401": error_ref("UNAUTHORIZED"), "429": error_ref("RATE_LIMITED")}))}},
+            "/api/v1/classify": {"post": {"summary": "Submit one image; returns at once", "tags": ["jobs"],
+                "requestBody": multipart("file", false),
+                "responses": merge(json!({"202": {"description": "Accepted",
+                    "headers": {"Location": {"schema": {"type": "string"}, "description": "/api/v1/status/{job_id}"}},
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Ticket"}}}}}), submit_errors())}},
+            "/api/v1/classify/batch": {"post": {"summary": "Submit 1..=MAX_BATCH_FILES images", "tags": ["jobs"],
+                "requestBody": multipart("files", true),
+                "responses": merge(json!({
+                    "202": ok("At least one accepted; per-file jobs or errors", json!({"type": "object", "properties": {
+                        "accepted": {"type": "integer"}, "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/BatchItem"}}}})),
+                    "400": error_ref("BATCH_REJECTED: no file accepted (the body adds `jobs` with each file's error)")}),
+                    merge(submit_errors(), json!({"422": error_ref("VALIDATION_ERROR: no files, more than MAX_BATCH_FILES, bad option")})))}},
+            "/api/v1/predict": {"post": {"summary": "Classify one image synchronously", "tags": ["jobs"],
+                "requestBody": multipart("file", false),
+                "responses": merge(json!({"200": ok("Predictions", json!({"type": "object", "properties": {
+                    "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}},
+                    "processing_time": {"type": "number"}, "model_version": {"type": "string"},
+                    "image_metadata": {"$ref": "#/components/schemas/ImageMetadata"}}}))}), submit_errors())}},
+            "/api/v1/status/{id}": {"get": {"summary": "Job status", "tags": ["jobs"],
+                "parameters": [id_param(), {"name": "include_metadata", "in": "query", "schema": {"type": "boolean"}}],
+                "responses": merge(json!({"200": ok("Status document", status_schema.clone())}), job_errors())}},
+            "/api/v1/status/{id}/ws": {"get": {"summary": "WebSocket: one status document (same JSON as GET /status) per change, pushed; closed with 1000 after a terminal state", "tags": ["jobs"],
+                "parameters": [id_param(), {"name": "include_metadata", "in": "query", "schema": {"type": "boolean"}}],
+                "responses": merge(json!({"101": {"description": "Switching Protocols (WebSocket)"},
+                    "400": error_ref("BAD_REQUEST: not a WebSocket handshake")}), job_errors())}},
+            "/api/v1/result/{id}": {"get": {"summary": "Result of a completed job", "tags": ["jobs"], "parameters": [id_param()],
+                "responses": merge(json!({"200": ok("Result", json!({"$ref": "#/components/schemas/Result"})),
+                    "409": error_ref("JOB_NOT_COMPLETED / JOB_FAILED / JOB_CANCELLED (body adds status)")}), job_errors())}},
+            "/api/v1/jobs/{id}": {"delete": {"summary": "Cancel a pending or processing job", "tags": ["jobs"], "parameters": [id_param()],
+                "responses": merge(json!({"200": ok("Cancelled", json!({"type": "object", "properties": {
+                    "job_id": {"type": "string"}, "status": {"const": "cancelled"}}})),
+                    "409": error_ref("CONFLICT: the job already finished (body adds status)")}), job_errors())}},
+            "/api/v1/admin/queue": {"get": {"summary": "Queue depth by priority and state, workers", "tags": ["admin"],
+                "responses": merge(json!({"200": ok("Queue", json!({"type": "object"}))}), admin_errors())}},
+            "/api/v1/admin/dead-letters": {"get": {"summary": "Dead-lettered jobs, oldest first", "tags": ["admin"],
+                "responses": merge(json!({"200": ok("Dead letters", json!({"type": "object", "properties": {
+                    "count": {"type": "integer"}, "dead_letters": {"type": "array", "items": {"type": "object"}}}}))}), admin_errors())}},
+            "/api/v1/admin/dead-letters/{id}/retry": {"post": {"summary": "Requeue a dead letter", "tags": ["admin"], "parameters": [id_param()],
+                "responses": merge(json!({"200": ok("Requeued", json!({"type": "object"})), "404": error_ref("JOB_NOT_FOUND: not dead-lettered")}), admin_errors())}}
+        },
+        "security": secured(),
+        "components": {
+            "securitySchemes": {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "Bearer": {"type": "http", "scheme": "bearer"}
+            },
+            "schemas": {
+                "Error": {"type": "object", "required": ["error", "detail", "timestamp", "path", "request_id"], "properties": {
+                    "error": {"type": "string"}, "detail": {"type": "string"}, "timestamp": {"type": "string", "format": "date-time"},
+                    "path": {"type": "string"}, "request_id": {"type": "string"},
+                    "status": {"type": "string", "description": "409 only: the job's status"},
+                    "jobs": {"type": "array", "description": "batch 400 only: per-file errors"}}},
+                "Ticket": {"type": "object", "properties": {
+                    "job_id": {"type": "string", "format": "uuid"}, "status": {"const": "pending"},
+                    "created_at": {"type": "string", "format": "date-time"}, "estimated_completion": {"type": "string", "format": "date-time"},
+                    "priority": {"type": "string"}, "model_version": {"type": "string"}}},
+                "BatchItem": {"type": "object", "properties": {"index": {"type": "integer"}, "filename": {"type": ["string", "null"]},
+                    "job_id": {"type": "string"}, "status": {"type": "string"},
+                    "error": {"type": "object", "properties": {"error": {"type": "string"}, "detail": {"type": "string"}}}}},
+                "Status": {"type": "object", "required": ["job_id", "status", "progress", "stage", "created_at", "updated_at", "error_message"], "properties": {
+                    "job_id": {"type": "string"}, "status": {"enum": ["pending", "processing", "completed", "failed", "cancelled"]},
+                    "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+                    "stage": {"enum": ["initializing", "preprocessing", "inference", "postprocessing", "completed"]},
+                    "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
+                    "error_message": {"type": ["string", "null"]}, "metadata": {"type": ["object", "null"]}}},
+                "Prediction": {"type": "object", "properties": {"class_name": {"type": "string"}, "confidence": {"type": "number"}, "class_id": {"type": "integer"}}},
+                "ImageMetadata": {"type": "object", "properties": {"format": {"enum": ["jpeg", "png", "webp", "gif", "bmp"]},
+                    "width": {"type": "integer"}, "height": {"type": "integer"}, "file_size": {"type": "integer"}}},
+                "Result": {"type": "object", "properties": {"job_id": {"type": "string"},
+                    "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}},
+                    "processing_time": {"type": "number"}, "model_version": {"type": "string"},
+                    "image_metadata": {"$ref": "#/components/schemas/ImageMetadata"},
+                    "created_at": {"type": "string", "format": "date-time"}, "completed_at": {"type": "string", "format": "date-time"}}},
+                "Model": {"type": "object", "properties": {"version": {"type": "string"}, "default": {"type": "boolean"},
+                    "loaded": {"type": "boolean"}, "input_width": {"type": "integer"}, "input_height": {"type": "integer"}, "description": {"type": "string"}}},
+                "Health": {"type": "object", "properties": {"status": {"enum": ["healthy", "degraded", "unhealthy"]},
+                    "timestamp": {"type": "string"}, "version": {"type": "string"}, "uptime": {"type": "number"},
+                    "services": {"type": "object", "properties": {"queue": {"type": "object"}, "workers": {"type": "object"}, "models": {"type": "object"}}}}}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::{Access, ROUTES};
+
+    #[test]
+    fn every_route_is_documented_with_its_method() {
+        let doc = document();
+        for r in ROUTES {
+            let op = &doc["paths"][r.pattern][r.method.to_ascii_lowercase()];
+            assert!(
+                op.is_object(),
+                "{} {} missing from the OpenAPI document",
+                r.method,
+                r.pattern
+            );
+            assert!(
+                op["responses"].is_object(),
+                "{} {} has no responses",
+                r.method,
+                r.pattern
+            );
+            let open = op
+                .get("security")
+                .is_some_and(|s| s.as_array().is_some_and(|a| a.is_empty()));
+            assert_eq!(
+                open,
+                r.access == Access::Open,
+                "security of {} {}",
+                r.method,
+                r.pattern
+            );
+        }
+        let documented: usize = doc["paths"]
+            .as_object()
+            .map(|p| {
+                p.values()
+                    .map(|v| v.as_object().map_or(0, |o| o.len()))
+                    .sum()
+            })
+            .unwrap_or(0);
+        assert_eq!(
+            documented,
+            ROUTES.len(),
+            "the document lists routes that are not served"
+        );
+    }
+}
