@@ -1,0 +1,210 @@
+//! `loadgen`: closed-loop load against a running `server`.
+//!
+//! ```text
+//! cargo run --release --example loadgen -- --url http://127.0.0.1:8000 --concurrency 16 --duration 30 [--ws] [--image PATH]
+//! ```
+//!
+//! Each virtual user repeats: submit the image (POST /api/v1/classify), follow the job (poll
+//! GET /status every `--poll-ms`, or watch the WebSocket with `--ws`), fetch GET /result.
+//! Reports completed jobs per second, end-to-end latency p50/p95/p99 (submit to result),
+//! POST accept latency p50/p99 and errors by status.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Closed-loop load generator for the classifier HTTP API")]
+struct Args {
+    /// Base URL of the server.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    url: String,
+    /// Virtual users (each has one job in flight).
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Follow jobs over the WebSocket instead of polling.
+    #[arg(long)]
+    ws: bool,
+    /// Image to submit (default: the shared sample chelsea.png).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Poll interval in milliseconds (without --ws).
+    #[arg(long, default_value_t = 5)]
+    poll_ms: u64,
+    /// API key, if the server has auth on.
+    #[arg(long)]
+    api_key: Option<String>,
+}
+
+#[derive(Default)]
+struct Stats {
+    e2e: Vec<f64>,
+    accept: Vec<f64>,
+    errors: BTreeMap<String, usize>,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let image_path = match &args.image {
+        Some(p) => p.clone(),
+        None => classifier::model::ModelLocator::from_env()
+            .find("imagenet_classes.txt")?
+            .with_file_name("samples/chelsea.png"),
+    };
+    let image = Arc::new(std::fs::read(&image_path)?);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency * 2)
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let started = Instant::now();
+    let mut users = Vec::new();
+    for _ in 0..args.concurrency {
+        let (args, client, image, stats) =
+            (args.clone(), client.clone(), image.clone(), stats.clone());
+        users.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                if let Err(what) = one_job(&args, &client, &image, &stats).await {
+                    *stats.lock().unwrap().errors.entry(what).or_default() += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    for u in users {
+        u.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut s = std::mem::take(&mut *stats.lock().unwrap());
+    s.e2e.sort_by(f64::total_cmp);
+    s.accept.sort_by(f64::total_cmp);
+    let ms = |v: f64| v * 1e3;
+    println!(
+        "image {} | concurrency {} | {} | {:.1} s",
+        image_path.display(),
+        args.concurrency,
+        if args.ws { "websocket" } else { "polling" },
+        elapsed
+    );
+    println!(
+        "completed jobs: {} ({:.2} jobs/s)",
+        s.e2e.len(),
+        s.e2e.len() as f64 / elapsed
+    );
+    println!(
+        "end-to-end ms: p50 {:.1}  p95 {:.1}  p99 {:.1}",
+        ms(percentile(&s.e2e, 50.0)),
+        ms(percentile(&s.e2e, 95.0)),
+        ms(percentile(&s.e2e, 99.0))
+    );
+    println!(
+        "POST accept ms: p50 {:.2}  p99 {:.2}  (n={})",
+        ms(percentile(&s.accept, 50.0)),
+        ms(percentile(&s.accept, 99.0)),
+        s.accept.len()
+    );
+    println!("errors: {:?}", s.errors);
+    Ok(())
+}
+
+async fn one_job(
+    args: &Args,
+    client: &reqwest::Client,
+    image: &[u8],
+    stats: &Mutex<Stats>,
+) -> Result<(), String> {
+    let with_key = |r: reqwest::RequestBuilder| match &args.api_key {
+        Some(k) => r.header("X-API-Key", k),
+        None => r,
+    };
+    let t0 = Instant::now();
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(image.to_vec()).file_name("image"),
+    );
+    let resp = with_key(
+        client
+            .post(format!("{}/api/v1/classify", args.url))
+            .multipart(form),
+    )
+    .send()
+    .await
+    .map_err(|e| format!("submit: {e}"))?;
+    let accept = t0.elapsed().as_secs_f64();
+    if resp.status().as_u16() != 202 {
+        return Err(format!("submit {}", resp.status().as_u16()));
+    }
+    let ticket: serde_json::Value = resp.json().await.map_err(|e| format!("submit body: {e}"))?;
+    let id = ticket["job_id"].as_str().ok_or("no job_id")?.to_string();
+    let status = if args.ws {
+        let ws_url = format!(
+            "{}/api/v1/status/{id}/ws",
+            args.url.replacen("http", "ws", 1)
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+            .await
+            .map_err(|e| format!("ws: {e}"))?;
+        let mut last = String::new();
+        while let Some(msg) = ws.next().await {
+            match msg {
+                Ok(Message::Text(t)) => {
+                    let doc: serde_json::Value =
+                        serde_json::from_str(&t).map_err(|e| e.to_string())?;
+                    last = doc["status"].as_str().unwrap_or("").to_string();
+                }
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        last
+    } else {
+        loop {
+            let resp = with_key(client.get(format!("{}/api/v1/status/{id}", args.url)))
+                .send()
+                .await
+                .map_err(|e| format!("status: {e}"))?;
+            if resp.status().as_u16() != 200 {
+                return Err(format!("status {}", resp.status().as_u16()));
+            }
+            let doc: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+            let s = doc["status"].as_str().unwrap_or("").to_string();
+            if matches!(s.as_str(), "completed" | "failed" | "cancelled") {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(args.poll_ms)).await;
+        }
+    };
+    if status != "completed" {
+        return Err(format!("job {status}"));
+    }
+    let resp = with_key(client.get(format!("{}/api/v1/result/{id}", args.url)))
+        .send()
+        .await
+        .map_err(|e| format!("result: {e}"))?;
+    if resp.status().as_u16() != 200 {
+        return Err(format!("result {}", resp.status().as_u16()));
+    }
+    let _ = resp.bytes().await;
+    let mut s = stats.lock().unwrap();
+    s.accept.push(accept);
+    s.e2e.push(t0.elapsed().as_secs_f64());
+    Ok(())
+}

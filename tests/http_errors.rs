@@ -1,0 +1,546 @@
+//! Every error row of the API table, plus limits: upload sizes (exact limit, +1 byte, a
+//! 50 MB body refused early), slow headers, auth and ownership, rate limits, a full queue.
+
+mod http_support;
+
+use std::time::Duration;
+
+use http_support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn post_form(
+    server: &TestServer,
+    path: &str,
+    form: reqwest::multipart::Form,
+) -> (u16, serde_json::Value) {
+    let resp = client()
+        .post(server.url(path))
+        .multipart(form)
+        .send()
+        .await
+        .expect("send");
+    let (status, _, body) = json(resp).await;
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_uploads_get_400_415_422_with_the_exact_error_shape() {
+    let server = start(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let path = "/api/v1/classify";
+
+    let (status, body) = post_form(
+        &server,
+        path,
+        form_with_file(b"hello, I am text\n".to_vec(), "notes.txt"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_error(&body, "INVALID_IMAGE", path);
+    let mut keys: Vec<_> = body.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["detail", "error", "path", "request_id", "timestamp"]);
+
+    // Not multipart.
+    let resp = client()
+        .post(server.url(path))
+        .json(&serde_json::json!({"file": "x"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = json(resp).await;
+    assert_eq!(status, 415);
+    assert_error(&body, "UNSUPPORTED_MEDIA_TYPE", path);
+    let resp = client()
+        .post(server.url(path))
+        .body("raw")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 415);
+
+    let photo = || form_with_file(sample("coffee.png"), "coffee.png");
+    let cases: Vec<(&str, reqwest::multipart::Form)> = vec![
+        ("priority", photo().text("priority", "asap")),
+        ("metadata", photo().text("metadata", "{not json")),
+        ("metadata", photo().text("metadata", "[1, 2]")),
+        (
+            "metadata",
+            photo().text("metadata", format!(r#"{{"x":"{}"}}"#, "a".repeat(1100))),
+        ),
+        (
+            "callback_url",
+            photo().text("callback_url", "ftp://example.com/hook"),
+        ),
+        ("callback_url", photo().text("callback_url", "http://")),
+        (
+            "model_version",
+            photo().text("model_version", "no-such-model"),
+        ),
+        (
+            "file",
+            photo().part("file", file_part(sample("chelsea.png"), "second.png")),
+        ),
+        (
+            "file",
+            reqwest::multipart::Form::new().text("priority", "high"),
+        ),
+        (
+            "priority",
+            photo().text("priority", "low").text("priority", "high"),
+        ),
+    ];
+    for (field, form) in cases {
+        let (status, body) = post_form(&server, path, form).await;
+        assert_eq!(status, 422, "{field}: {body}");
+        assert_error(&body, "VALIDATION_ERROR", path);
+        assert!(
+            body["detail"].as_str().unwrap().contains(field),
+            "{field}: {body}"
+        );
+    }
+    // The unknown model's 422 lists the available versions.
+    let (_, body) = post_form(
+        &server,
+        path,
+        photo().text("model_version", "no-such-model"),
+    )
+    .await;
+    let default = server
+        .service
+        .models()
+        .into_iter()
+        .find(|m| m.default)
+        .unwrap()
+        .version;
+    assert!(
+        body["detail"].as_str().unwrap().contains(&default),
+        "{body}"
+    );
+
+    // The same checks on /predict.
+    let (status, body) = post_form(
+        &server,
+        "/api/v1/predict",
+        form_with_file(b"GIF89a".to_vec(), "x.gif"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_the_size_limit_is_accepted_and_one_byte_more_is_413() {
+    let photo = sample("coffee.png");
+    let mut options = Options {
+        workers: 0,
+        ..Options::default()
+    };
+    options.http.max_file_size = photo.len();
+    let server = start(options).await;
+    let (status, body) = post_form(
+        &server,
+        "/api/v1/classify",
+        form_with_file(photo.clone(), "coffee.png"),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+
+    let mut bigger = photo.clone();
+    bigger.push(0);
+    let resp = client()
+        .post(server.url("/api/v1/classify"))
+        .multipart(form_with_file(bigger.clone(), "coffee.png"))
+        .send()
+        .await
+        .unwrap();
+    let (status, headers, body) = json(resp).await;
+    assert_eq!(status, 413, "{body}");
+    assert_error(&body, "PAYLOAD_TOO_LARGE", "/api/v1/classify");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&photo.len().to_string()),
+        "{body}"
+    );
+    assert_eq!(headers["connection"], "close");
+
+    // In a batch, the oversized file is that file's error; the others go through.
+    let form = reqwest::multipart::Form::new()
+        .part("files", file_part(bigger, "big.png"))
+        .part("files", file_part(photo, "ok.png"));
+    let (status, body) = post_form(&server, "/api/v1/classify/batch", form).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["jobs"][0]["error"]["error"], "PAYLOAD_TOO_LARGE");
+    assert!(body["jobs"][1]["job_id"].is_string());
+    server.stop().await;
+}
+
+/// Send a 50 MB upload over raw TCP while reading the response concurrently. Returns the
+/// response head and how many body bytes the client managed to write.
+async fn fifty_megabytes(server: &TestServer, chunked: bool) -> (String, usize) {
+    const TOTAL: usize = 50 * 1024 * 1024;
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let boundary = "XBOUNDARYX";
+    let preamble = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
+    );
+    let length_header = if chunked {
+        "Transfer-Encoding: chunked\r\n".to_string()
+    } else {
+        format!("Content-Length: {}\r\n", preamble.len() + TOTAL)
+    };
+    let head = format!(
+        "POST /api/v1/classify HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n{length_header}\r\n"
+    );
+    let writer = tokio::spawn(async move {
+        let mut written = 0usize;
+        if wr.write_all(head.as_bytes()).await.is_err() {
+            return written;
+        }
+        let mut first = preamble.into_bytes();
+        let chunk = vec![0xFFu8; 64 * 1024];
+        while written < TOTAL {
+            let mut piece = std::mem::take(&mut first);
+            piece.extend_from_slice(&chunk);
+            let data = if chunked {
+                let mut framed = format!("{:x}\r\n", piece.len()).into_bytes();
+                framed.extend_from_slice(&piece);
+                framed.extend_from_slice(b"\r\n");
+                framed
+            } else {
+                piece
+            };
+            if wr.write_all(&data).await.is_err() {
+                break;
+            }
+            written += chunk.len();
+        }
+        written
+    });
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read until the server closes the connection (EOF or reset).
+    loop {
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+        }
+    }
+    let written = tokio::time::timeout(Duration::from_secs(60), writer)
+        .await
+        .expect("writer stops")
+        .unwrap();
+    (String::from_utf8_lossy(&response).to_string(), written)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifty_megabyte_upload_is_refused_early_and_the_connection_closed() {
+    let server = start(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    for chunked in [false, true] {
+        let (response, written) =
+            tokio::time::timeout(Duration::from_secs(120), fifty_megabytes(&server, chunked))
+                .await
+                .expect("the server answers and closes");
+        assert!(
+            response.starts_with("HTTP/1.1 413"),
+            "chunked={chunked}: {response}"
+        );
+        assert!(
+            response.to_ascii_lowercase().contains("connection: close"),
+            "{response}"
+        );
+        assert!(response.contains("PAYLOAD_TOO_LARGE"), "{response}");
+        assert!(
+            written < 50 * 1024 * 1024,
+            "chunked={chunked}: the whole body was sent ({written} bytes)"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off() {
+    let mut options = Options {
+        workers: 0,
+        ..Options::default()
+    };
+    options.http.header_read_timeout = Duration::from_secs(1);
+    let server = start(options).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /api/v1/health/live HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Never finish the headers: the server must close the connection by itself.
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection stayed open");
+    assert!(
+        !String::from_utf8_lossy(&got).contains(" 200 "),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // The server still serves others.
+    let resp = client()
+        .get(server.url("/api/v1/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_admins_and_job_ownership() {
+    let mut options = Options {
+        workers: 0,
+        ..Options::default()
+    };
+    options.http.api_keys = vec!["alice-key".into(), "bob-key".into()];
+    options.http.admin_api_keys = vec!["root-key".into()];
+    let server = start(options).await;
+    let c = client();
+    let photo = || form_with_file(sample("coffee.png"), "coffee.png");
+
+    let (status, _, body) = json(
+        c.post(server.url("/api/v1/classify"))
+            .multipart(photo())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_error(&body, "UNAUTHORIZED", "/api/v1/classify");
+    let resp = c
+        .post(server.url("/api/v1/classify"))
+        .header("X-API-Key", "mallory")
+        .multipart(photo())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    let resp = c
+        .post(server.url("/api/v1/classify"))
+        .header("X-API-Key", "alice-key")
+        .multipart(photo())
+        .send()
+        .await
+        .unwrap();
+    let (status, _, ticket) = json(resp).await;
+    assert_eq!(status, 202, "{ticket}");
+    let status_path = format!("/api/v1/status/{}", ticket["job_id"].as_str().unwrap());
+    let get = |key: &'static str, auth_header: bool| {
+        let req = c.get(server.url(&status_path));
+        if auth_header {
+            req.bearer_auth(key)
+        } else {
+            req.header("X-API-Key", key)
+        }
+    };
+    assert_eq!(get("alice-key", false).send().await.unwrap().status(), 200);
+    assert_eq!(get("alice-key", true).send().await.unwrap().status(), 200);
+    let (status, _, body) = json(get("bob-key", false).send().await.unwrap()).await;
+    assert_eq!(status, 404, "bob must not see alice's job");
+    assert_error(&body, "JOB_NOT_FOUND", &status_path);
+    assert_eq!(get("root-key", true).send().await.unwrap().status(), 404);
+    let del = c
+        .delete(server.url(&status_path.replace("/status/", "/jobs/")))
+        .header("X-API-Key", "bob-key");
+    assert_eq!(del.send().await.unwrap().status(), 404);
+
+    for path in ["/api/v1/admin/queue", "/api/v1/admin/dead-letters"] {
+        let (status, _, body) = json(c.get(server.url(path)).send().await.unwrap()).await;
+        assert_eq!(status, 401, "{path}");
+        assert_error(&body, "UNAUTHORIZED", path);
+        let (status, _, body) = json(
+            c.get(server.url(path))
+                .header("X-API-Key", "alice-key")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 403, "{path}");
+        assert_error(&body, "FORBIDDEN", path);
+        let (status, _, body) = json(
+            c.get(server.url(path))
+                .bearer_auth("root-key")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (status, _, queue) = json(
+        c.get(server.url("/api/v1/admin/queue"))
+            .bearer_auth("root-key")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(queue["total_ready"], 1, "{queue}");
+    let retry = format!(
+        "/api/v1/admin/dead-letters/{}/retry",
+        ticket["job_id"].as_str().unwrap()
+    );
+    let (status, _, _) = json(
+        c.post(server.url(&retry))
+            .bearer_auth("root-key")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        c.post(server.url(&retry))
+            .bearer_auth("bob-key")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+
+    // Open routes need no key.
+    for path in [
+        "/",
+        "/metrics",
+        "/openapi.json",
+        "/api/v1/openapi.json",
+        "/api/v1/health",
+        "/api/v1/health/live",
+        "/api/v1/health/ready",
+    ] {
+        let s = c
+            .get(server.url(path))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        assert!(
+            s == 200 || (path == "/api/v1/health" && s == 503),
+            "{path}: {s}"
+        );
+    }
+    assert_eq!(
+        c.get(server.url("/api/v1/models"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_429_with_headers_and_a_full_queue_503() {
+    let mut options = Options {
+        workers: 0,
+        max_queue_depth: 1,
+        ..Options::default()
+    };
+    options.http.rate_limit = classifier_http::RateLimit {
+        per_minute: 60,
+        burst: 3,
+    };
+    let server = start(options).await;
+    let c = client();
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let resp = c.get(server.url("/api/v1/models")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-ratelimit-limit"], "3");
+        assert!(resp.headers().contains_key("x-ratelimit-reset"));
+        remaining.push(
+            resp.headers()["x-ratelimit-remaining"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(
+        remaining.last().map(String::as_str),
+        Some("0"),
+        "{remaining:?}"
+    );
+    let resp = c.get(server.url("/api/v1/models")).send().await.unwrap();
+    let (status, headers, body) = json(resp).await;
+    assert_eq!(status, 429);
+    assert_error(&body, "RATE_LIMITED", "/api/v1/models");
+    for h in [
+        "retry-after",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+    ] {
+        assert!(headers.contains_key(h), "{h} missing");
+    }
+    assert!(
+        headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    // Health probes are not limited.
+    for _ in 0..5 {
+        assert_eq!(
+            c.get(server.url("/api/v1/health/live"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    server.stop().await;
+
+    // A full queue: 503 with Retry-After.
+    let server = start(Options {
+        workers: 0,
+        max_queue_depth: 1,
+        ..Options::default()
+    })
+    .await;
+    submit(&server, &c, "coffee.png").await;
+    let resp = c
+        .post(server.url("/api/v1/classify"))
+        .multipart(form_with_file(sample("chelsea.png"), "chelsea.png"))
+        .send()
+        .await
+        .unwrap();
+    let (status, headers, body) = json(resp).await;
+    assert_eq!(status, 503, "{body}");
+    assert_error(&body, "SERVICE_UNAVAILABLE", "/api/v1/classify");
+    assert!(headers.contains_key("retry-after"));
+    server.stop().await;
+}
