@@ -10,7 +10,9 @@
 //! - [`classifier`]: the [`Classifier`] that ties them together;
 //! - [`job`]: job records, priorities, stages and the state machine;
 //! - [`backend`]: the traits every job backend implements (store, leased priority queue,
-//!   status feed).
+//!   status feed);
+//! - [`service`]: the asynchronous job [`service::Service`] and its builder;
+//! - [`worker`]: the worker runtime (leases, pipeline, inference threads, dynamic batching).
 //!
 //! ```no_run
 //! let classifier = classifier_core::Classifier::load("latest")?;
@@ -29,6 +31,7 @@ pub mod model;
 pub mod postprocess;
 pub mod preprocess;
 pub mod service;
+pub mod worker;
 
 pub use classifier::{Classification, Classifier, ClassifierBuilder, PreparedImage, Timings};
 pub use error::{Error, Result};

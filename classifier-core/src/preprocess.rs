@@ -191,6 +191,48 @@ impl Preprocessor {
         Ok(())
     }
 
+    /// Number of bytes of one crop: interleaved RGB8, `input_width * input_height * 3`.
+    pub fn crop_len(&self) -> usize {
+        self.spec.tensor_len()
+    }
+
+    /// The first half of [`run`](Self::run): resize and center-crop `rgb` into the model's
+    /// input size, as interleaved RGB8 ([`crop_len`](Self::crop_len) bytes).
+    ///
+    /// `normalize_into(&crop(rgb)?, out)` gives exactly the tensor of `run_into(rgb, out)`, so
+    /// the expensive part (decode, resize) can run once at submission and the cheap part
+    /// (scaling to floats) right before inference.
+    ///
+    /// ```
+    /// use classifier_core::preprocess::{PreprocessSpec, Preprocessor};
+    /// let pre = Preprocessor::new(PreprocessSpec::imagenet()).unwrap();
+    /// let rgb = image::RgbImage::from_pixel(300, 400, image::Rgb([10, 200, 30]));
+    /// let crop = pre.crop(&rgb).unwrap();
+    /// assert_eq!(crop.len(), 224 * 224 * 3);
+    /// let mut tensor = vec![0.0; pre.spec().tensor_len()];
+    /// pre.normalize_into(&crop, &mut tensor).unwrap();
+    /// assert_eq!(tensor, pre.run(&rgb).unwrap());
+    /// ```
+    pub fn crop(&self, rgb: &RgbImage) -> Result<Vec<u8>> {
+        Ok(self.resize_and_crop(rgb)?.into_vec())
+    }
+
+    /// The second half of [`run`](Self::run): scale, normalize and lay out a crop made by
+    /// [`crop`](Self::crop) into `out` ([`PreprocessSpec::tensor_len`] values).
+    pub fn normalize_into(&self, crop: &[u8], out: &mut [f32]) -> Result<()> {
+        if crop.len() != self.crop_len() || out.len() != self.spec.tensor_len() {
+            return Err(Error::Preprocess(format!(
+                "crop of {} bytes into {} values; expected {} and {}",
+                crop.len(),
+                out.len(),
+                self.crop_len(),
+                self.spec.tensor_len()
+            )));
+        }
+        self.normalize(crop, out);
+        Ok(())
+    }
+
     /// Resample the crop window of the resized image: a `input_width` x `input_height` RGB8
     /// image.
     fn resize_and_crop(&self, rgb: &RgbImage) -> Result<Image<'static>> {

@@ -4,8 +4,10 @@ mod engine;
 mod labels;
 mod locator;
 mod manifest;
+mod registry;
 
 pub use engine::{Engine, EngineOptions};
 pub use labels::Labels;
 pub use locator::{sha256_hex, ModelLocator};
 pub use manifest::{BatchSupport, Manifest, ModelEntry};
+pub use registry::{ModelRegistry, ModelSpec, RegistryBuilder};

@@ -1,0 +1,164 @@
+//! The inference pool: dedicated OS threads (never the async reactor, never tokio's blocking
+//! pool, which submissions use for decoding) that take batches from a [`BatchQueue`],
+//! normalize the crops straight into the batch tensor and run one tract call per batch.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::batcher::{Announcement, BatchPolicy, BatchQueue};
+use super::eta::ServiceTimeEstimator;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::Classifier;
+
+/// Queue priority of synchronous predictions: above every job priority (urgent is 3).
+pub(crate) const PREDICT_PRIORITY: u8 = 4;
+
+/// One image for the pool.
+pub(crate) struct InferRequest {
+    classifier: Classifier,
+    crop: Bytes,
+    reply: oneshot::Sender<Result<Inferred>>,
+}
+
+/// The pool's answer for one image.
+#[derive(Debug)]
+pub(crate) struct Inferred {
+    /// This image's raw logits.
+    pub logits: Vec<f32>,
+    /// Time to normalize this image into the tensor.
+    pub normalize: Duration,
+    /// The tract call's time divided by the batch size.
+    pub inference: Duration,
+}
+
+pub(crate) type Queue = BatchQueue<InferRequest>;
+
+/// The inference threads' queue. Closing it (on shutdown or drop) ends the threads once
+/// they have drained it.
+pub(crate) struct InferencePool {
+    queue: Arc<Queue>,
+}
+
+impl InferencePool {
+    /// Start `threads` inference threads.
+    pub fn start(
+        threads: usize,
+        policy: BatchPolicy,
+        metrics: Arc<Metrics>,
+        eta: Arc<ServiceTimeEstimator>,
+    ) -> Result<InferencePool> {
+        let queue = Arc::new(Queue::new());
+        for i in 0..threads.max(1) {
+            let (q, m, e) = (queue.clone(), metrics.clone(), eta.clone());
+            std::thread::Builder::new()
+                .name(format!("inference-{i}"))
+                .spawn(move || {
+                    while let Some(batch) = q.next_batch(&policy) {
+                        run_batch(batch, &m, &e);
+                    }
+                    tracing::debug!("inference thread {i} stopped");
+                })
+                .map_err(|e| Error::Inference(format!("cannot start inference thread: {e}")))?;
+        }
+        Ok(InferencePool { queue })
+    }
+
+    /// Promise that an image is coming (lets short batches wait for it).
+    pub fn announce(&self) -> Announcement<InferRequest> {
+        self.queue.announce()
+    }
+
+    /// Normalize and classify one prepared crop at `priority` (jobs: their rank; predictions:
+    /// [`PREDICT_PRIORITY`]).
+    pub async fn infer(
+        &self,
+        classifier: Classifier,
+        crop: Bytes,
+        priority: u8,
+        announcement: Option<Announcement<InferRequest>>,
+    ) -> Result<Inferred> {
+        let (reply, answer) = oneshot::channel();
+        let key = classifier.version().to_string();
+        let limit = classifier.engine().max_native_batch();
+        let request = InferRequest {
+            classifier,
+            crop,
+            reply,
+        };
+        let pushed = match announcement {
+            Some(a) => a.push(request, &key, priority, limit),
+            None => self.queue.push(request, &key, priority, limit),
+        };
+        if pushed.is_err() {
+            return Err(Error::ShuttingDown);
+        }
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Stop the threads once the queue is drained (idempotent).
+    pub fn close(&self) {
+        self.queue.close();
+    }
+}
+
+impl Drop for InferencePool {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
+fn run_batch(batch: Vec<InferRequest>, metrics: &Metrics, eta: &ServiceTimeEstimator) {
+    let Some(first) = batch.first() else { return };
+    let classifier = first.classifier.clone();
+    let pre = classifier.preprocessor();
+    let per_image = pre.spec().tensor_len();
+    let started = Instant::now();
+    let mut tensor = vec![0f32; batch.len() * per_image];
+    let mut accepted = Vec::with_capacity(batch.len());
+    for request in batch {
+        let slot = accepted.len() * per_image;
+        match pre.normalize_into(&request.crop, &mut tensor[slot..slot + per_image]) {
+            Ok(()) => accepted.push(request),
+            Err(e) => {
+                let _ = request.reply.send(Err(e));
+            }
+        }
+    }
+    let n = accepted.len();
+    if n == 0 {
+        return;
+    }
+    tensor.truncate(n * per_image);
+    let normalize = started.elapsed() / n as u32;
+    let inference_started = Instant::now();
+    let logits = catch_unwind(AssertUnwindSafe(|| classifier.engine().run(tensor, n)))
+        .unwrap_or_else(|_| Err(Error::Inference("the model panicked".into())));
+    let took = inference_started.elapsed();
+    let inference = took / n as u32;
+    metrics.observe_inference(took.as_secs_f64(), n);
+    match logits {
+        Ok(logits) => {
+            eta.observe(normalize + inference);
+            let classes = classifier.engine().num_classes();
+            for (request, row) in accepted.into_iter().zip(logits.chunks_exact(classes)) {
+                let _ = request.reply.send(Ok(Inferred {
+                    logits: row.to_vec(),
+                    normalize,
+                    inference,
+                }));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, batch = n, "inference failed");
+            let reason = e.to_string();
+            for request in accepted {
+                let _ = request.reply.send(Err(Error::Inference(reason.clone())));
+            }
+        }
+    }
+}
