@@ -1,5 +1,13 @@
 //! Inputs kept from fuzzing (`fuzz/`): each must go through validation, decode and
 //! preprocessing with a typed result and no panic. Any crash the fuzzer finds is added here.
+//!
+//! Run of 2026-11-26: `RUSTC_BOOTSTRAP=1 cargo fuzz run decode_preprocess --
+//! -max_total_time=660 -max_len=300000`, seeded with the decoder fixtures and the small sample
+//! photos: 45,535 executions in 661 s (ASan build, ~68 exec/s: every input is decoded and
+//! resized), 5,235 coverage points, no crash, leak or timeout. The fuzzer found no failing
+//! input, so the files in `tests/fuzz_regressions/` are a spread of its mutated corpus
+//! (corrupt PNG chunks, truncated JPEG scans, broken WebP headers, ...), kept as regression
+//! inputs for the error paths.
 
 use classifier_core::image::ValidationConfig;
 use classifier_core::preprocess::{PreprocessSpec, Preprocessor};
