@@ -1,4 +1,19 @@
 //! `classifier-queue`: job-store and queue backends for the classifier service.
 //!
-//! Not implemented yet: the in-memory and Redis backends arrive with the jobs and Redis
-//! issues. This crate holds no code until then, so that nothing here pretends to work.
+//! Every backend implements the traits of [`classifier_core::backend`] (job store, leased
+//! priority queue, status feed) and passes the one conformance suite in
+//! `tests/conformance/mod.rs`.
+//!
+//! - [`InMemoryBackend`]: the embedded default, one process, no persistence.
+//!
+//! ```
+//! use classifier_core::backend::{Backend, QueueConfig, Ttls};
+//! let backend = classifier_queue::InMemoryBackend::new(QueueConfig::default(), Ttls::default());
+//! assert_eq!(backend.name(), "memory");
+//! ```
+
+pub mod error;
+pub mod memory;
+
+pub use error::{Error, Result};
+pub use memory::InMemoryBackend;
