@@ -383,7 +383,10 @@ async fn not_found_ids_request_ids_and_documents() {
     assert_eq!(status, 200);
     let list = models["models"].as_array().unwrap();
     // Models load lazily: the default is listed (loaded or not) and named at the top.
-    let default = list.iter().find(|m| m["default"] == true).expect("a default model");
+    let default = list
+        .iter()
+        .find(|m| m["default"] == true)
+        .expect("a default model");
     assert_eq!(models["default"], default["version"], "{models}");
     assert!(default["loaded"].is_boolean());
     assert!(list.iter().all(|m| m["input_width"].is_u64()));
