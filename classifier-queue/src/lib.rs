@@ -14,6 +14,8 @@
 
 pub mod error;
 pub mod memory;
+pub mod redis;
 
+pub use self::redis::RedisBackend;
 pub use error::{Error, Result};
 pub use memory::InMemoryBackend;
