@@ -128,7 +128,7 @@ fn result_for(job: &JobRecord, class: &str) -> JobResult {
         }],
         processing_time: 0.01,
         model_version: job.model_version.clone(),
-        image_metadata: job.image.clone(),
+        image_metadata: job.image,
         created_at: job.created_at,
         completed_at: Utc::now(),
     }
