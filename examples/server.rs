@@ -6,7 +6,10 @@
 //!
 //! Every setting is an environment variable (`API_PORT`, `WORKERS`, `MAX_FILE_SIZE`, ...; see
 //! `--help`) that the flag of the same meaning overrides. Jobs live in the in-memory backend
-//! (`REDIS_URL` unset); serves until SIGINT/SIGTERM, then shuts down gracefully.
+//! when `REDIS_URL` is unset; with `REDIS_URL` set they live in Redis under the key prefix
+//! `REDIS_PREFIX` (default `classifier`, the same option as the `worker` example), shared
+//! with any number of servers and workers, and `WORKERS=0` makes this process API only.
+//! Serves until SIGINT/SIGTERM, then shuts down gracefully.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,11 +22,30 @@ use classifier_core::model::ModelLocator;
 use classifier_core::service::Service;
 use classifier_http::{Config, Server};
 
+/// The server's command line: the shared [`Config`] plus the Redis key prefix, which the
+/// `worker` example takes under the same name.
+#[derive(Debug, Parser)]
+#[command(name = "server", about = "Asynchronous image classification HTTP API")]
+struct Args {
+    #[command(flatten)]
+    config: Config,
+    /// Key prefix of the deployment in Redis; servers and workers sharing jobs must agree.
+    #[arg(
+        long = "redis-prefix",
+        env = "REDIS_PREFIX",
+        default_value = "classifier"
+    )]
+    redis_prefix: String,
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let Args {
+        config,
+        redis_prefix,
+    } = Args::parse();
     classifier_http::logging::init(&config.log_level, config.log_format);
-    match run(config).await {
+    match run(config, redis_prefix).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -33,7 +55,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, redis_prefix: String) -> anyhow::Result<()> {
     let http = config.http()?;
     let addr = config.listen_addr()?;
     let ttls = Ttls {
@@ -47,11 +69,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let backend: Arc<dyn Backend> = match &config.redis_url {
         None => classifier_queue::InMemoryBackend::new(queue, ttls),
-        // REDIS BRANCH: the Redis backend is wired in by the scale-out issue. Refuse rather
-        // than silently running in memory while the operator expects shared state.
-        Some(_) => anyhow::bail!(
-            "REDIS_URL is set, but this server does not use the Redis backend yet; unset REDIS_URL to run with the in-memory backend"
-        ),
+        // Shared state for scale-out: jobs, results and the queue live in Redis.
+        Some(url) => classifier_queue::RedisBackend::connect(url, &redis_prefix, queue, ttls)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to Redis: {e}"))?,
     };
     let mut locator_dirs = Vec::new();
     if let Some(dir) = &config.model_dir {
