@@ -29,6 +29,18 @@
 //! letter; compare-and-set with its `PUBLISH`; `put_result` (`SET NX`, first result wins).
 //! Scripts use the server's clock, so hosts with skewed clocks agree on lease expiry.
 //!
+//! # Semantics beyond the trait documentation (the same as the in-memory backend)
+//!
+//! - A lease is valid while its token is the job's current one and it has not expired:
+//!   after `expires_at`, ack/nack/extend/release with it are refused even if no consumer
+//!   has taken the job again yet.
+//! - A redelivered, retried or released job keeps the score it was enqueued with; `release`
+//!   does not count the delivery.
+//! - `enqueue` is not bounded by `max_depth`; only `create` is.
+//! - A status stream ends after it has delivered a terminal record; a subscription to a job
+//!   that does not exist or is already terminal is an empty stream; if the pub/sub
+//!   connection breaks, open streams end (re-subscribe and re-read the record).
+//!
 //! # Failures
 //!
 //! All commands go through a [`redis::aio::ConnectionManager`] with connection and response
