@@ -111,6 +111,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: WorkerConfig) -> anyhow::Result<()> {
+    // Listen for SIGINT/SIGTERM from the start: a signal during startup (connecting, loading
+    // models) must stop the process cleanly too, not kill it with the default action.
+    let mut stop = tokio::spawn(classifier_http::server::shutdown_signal());
+    tokio::task::yield_now().await;
     let url = config.redis_url.as_deref().context(
         "REDIS_URL (or --redis-url) is required: a worker takes its jobs from a shared Redis",
     )?;
@@ -147,7 +151,13 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     if let Some(v) = &config.default_model_version {
         builder = builder.default_model(v.clone());
     }
-    let service = builder.build().await.context("cannot start the service")?;
+    let service = tokio::select! {
+        built = builder.build() => built.context("cannot start the service")?,
+        _ = &mut stop => {
+            tracing::info!("stopped during startup");
+            return Ok(());
+        }
+    };
     tracing::info!(
         backend = backend.name(),
         prefix = %config.redis_prefix,
@@ -159,7 +169,9 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         service.workers(),
         config.redis_prefix
     );
-    classifier_http::server::shutdown_signal().await;
+    if let Err(e) = stop.await {
+        tracing::error!(error = %e, "signal listener failed; stopping");
+    }
     tracing::info!("stopping: finishing or releasing jobs in flight");
     service.shutdown().await;
     tracing::info!("stopped");

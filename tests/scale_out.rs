@@ -229,6 +229,24 @@ impl Cluster {
         )
     }
 
+    /// Wait until the log of `label` contains `needle`.
+    async fn wait_log(&self, label: &str, needle: &str) {
+        let start = Instant::now();
+        loop {
+            let text =
+                std::fs::read_to_string(self.dir.join(format!("{label}.log"))).unwrap_or_default();
+            if text.contains(needle) {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{label} never logged {needle:?}; see {}",
+                self.log(label)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn log(&self, label: &str) -> String {
         self.dir.join(format!("{label}.log")).display().to_string()
     }
@@ -473,6 +491,9 @@ async fn sigterm_releases_or_finishes_jobs() {
     let ids = submit_many(&apis, 40, &image).await;
     let w1 = c.start_worker("worker1", 30);
     let w2 = c.start_worker("worker2", 30);
+    // Both workers are up (the signal must reach a running service, not a starting one).
+    c.wait_log("worker1", "worker running").await;
+    c.wait_log("worker2", "worker running").await;
     wait_processing(&api, &ids).await;
     c.signal(w1, "-TERM");
     c.signal(w2, "-TERM");
