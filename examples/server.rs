@@ -8,7 +8,8 @@
 //! `--help`) that the flag of the same meaning overrides. Jobs live in the in-memory backend
 //! when `REDIS_URL` is unset; with `REDIS_URL` set they live in Redis under the key prefix
 //! `REDIS_PREFIX` (default `classifier`, the same option as the `worker` example), shared
-//! with any number of servers and workers, and `WORKERS=0` makes this process API only.
+//! with any number of servers and workers (rate-limit buckets included), and `WORKERS=0`
+//! makes this process API only.
 //! Serves until SIGINT/SIGTERM, then shuts down gracefully.
 
 use std::process::ExitCode;
@@ -67,12 +68,18 @@ async fn run(config: Config, redis_prefix: String) -> anyhow::Result<()> {
         max_depth: config.max_queue_depth,
         ..QueueConfig::default()
     };
+    // With Redis, the rate-limit buckets are shared through it too (fail open on errors).
+    let mut rate_limiter: Option<Arc<dyn classifier_http::RateLimitStore>> = None;
     let backend: Arc<dyn Backend> = match &config.redis_url {
         None => classifier_queue::InMemoryBackend::new(queue, ttls),
         // Shared state for scale-out: jobs, results and the queue live in Redis.
-        Some(url) => classifier_queue::RedisBackend::connect(url, &redis_prefix, queue, ttls)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to Redis: {e}"))?,
+        Some(url) => {
+            let redis = classifier_queue::RedisBackend::connect(url, &redis_prefix, queue, ttls)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot connect to Redis: {e}"))?;
+            rate_limiter = Some(Arc::new(redis.rate_limiter()));
+            redis
+        }
     };
     let mut locator_dirs = Vec::new();
     if let Some(dir) = &config.model_dir {
@@ -121,7 +128,11 @@ async fn run(config: Config, redis_prefix: String) -> anyhow::Result<()> {
         backend.name(),
         models.join(", ")
     );
-    Server::new(service, http)
+    let mut server = Server::new(service, http);
+    if let Some(store) = rate_limiter {
+        server = server.rate_limit_store(store);
+    }
+    server
         .serve(listener, classifier_http::server::shutdown_signal())
         .await?;
     tracing::info!("stopped");

@@ -16,6 +16,6 @@ pub mod error;
 pub mod memory;
 pub mod redis;
 
-pub use self::redis::RedisBackend;
+pub use self::redis::{RedisBackend, RedisRateLimiter};
 pub use error::{Error, Result};
 pub use memory::InMemoryBackend;

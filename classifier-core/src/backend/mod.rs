@@ -31,6 +31,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::job::{JobEvent, JobId, JobRecord, JobResult, Priority};
 
+pub mod rate_limit;
+
+pub use rate_limit::{RateDecision, RateLimit, RateLimitStore};
+
 /// How long each kind of data lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ttls {

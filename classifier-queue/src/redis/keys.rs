@@ -20,6 +20,7 @@
 //! | `{p}:q:score`         | hash id -> score (us) | the ordering score of every queued or leased job |
 //! | `{p}:q:clock`         | string | last enqueue time handed out (us), so no two are equal |
 //! | `{p}:workers:seen`, `{p}:workers:info` | sorted set / hash | worker heartbeats |
+//! | `{p}:rl:<bucket>`     | hash `tokens`, `ts` | an HTTP rate-limit bucket ([`super::RedisRateLimiter`]), expires when full |
 //!
 //! # Redis Cluster
 //!
@@ -113,6 +114,11 @@ impl Keys {
     pub(crate) fn workers_info(&self) -> String {
         format!("{}:workers:info", self.tag)
     }
+
+    /// The rate-limit bucket of `bucket` (e.g. `key:<owner>` or `ip:<addr>`).
+    pub(crate) fn rate_limit(&self, bucket: &str) -> String {
+        format!("{}:rl:{bucket}", self.tag)
+    }
 }
 
 #[cfg(test)]
@@ -123,9 +129,15 @@ mod tests {
     fn every_key_carries_the_deployment_tag() {
         let k = Keys::new("cls");
         let id = JobId::new();
-        for key in [k.status(id), k.result(id), k.image(id), k.workers_seen()]
-            .into_iter()
-            .chain(k.queue())
+        for key in [
+            k.status(id),
+            k.result(id),
+            k.image(id),
+            k.workers_seen(),
+            k.rate_limit("ip:1"),
+        ]
+        .into_iter()
+        .chain(k.queue())
         {
             assert!(key.starts_with("{cls}:"), "{key}");
         }

@@ -51,8 +51,11 @@
 
 mod feed;
 mod keys;
+mod rate_limit;
 mod reply;
 mod scripts;
+
+pub use self::rate_limit::RedisRateLimiter;
 
 use std::sync::Arc;
 use std::time::Duration;
