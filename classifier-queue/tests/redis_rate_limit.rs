@@ -152,3 +152,53 @@ async fn distinct_keys_have_independent_buckets() {
     b.purge().await.unwrap();
     b2.purge().await.unwrap();
 }
+
+/// Redis going away must not take the API down: the limiter lets requests through.
+#[tokio::test]
+async fn fails_open_when_redis_is_gone() {
+    // An own redis-server on a free port, so it can be stopped without disturbing others.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is required for this test (not found on PATH)");
+    let url = format!("redis://127.0.0.1:{port}");
+    let start = Instant::now();
+    let b = loop {
+        match RedisBackend::connect(&url, "rl-open", QueueConfig::default(), Ttls::default()).await
+        {
+            Ok(b) => break b,
+            Err(e) => {
+                assert!(start.elapsed() < Duration::from_secs(10), "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let l = b.rate_limiter();
+    let one = RateLimit {
+        per_minute: 1,
+        burst: 1,
+    };
+    assert!(l.take("key:a", one).await.unwrap().allowed);
+    assert!(!l.take("key:a", one).await.unwrap().allowed);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let d = l.take("key:a", one).await.expect("fail open, not an error");
+        assert!(d.allowed, "{d:?}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+}
