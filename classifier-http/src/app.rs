@@ -46,6 +46,7 @@ pub async fn handle(
     let rid = request_id::from_headers(req.headers());
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
+    let carries_body = request_carries_body(&req);
     let span = tracing::info_span!("request", request_id = %rid, method = %method, path = %path);
     async move {
         let metrics_state = state.clone();
@@ -66,6 +67,14 @@ pub async fn handle(
             response.headers_mut().insert(request_id::HEADER, v);
         }
         let status = response.status().as_u16();
+        if carries_body && status >= 400 {
+            // An error may be answered before the upload was read (401, 429, 422, ...); hyper
+            // then drops the connection, and a client reusing it from its pool would see a
+            // broken response. Say so explicitly so clients open a fresh connection.
+            response
+                .headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let seconds = start.elapsed().as_secs_f64();
         metrics_state
             .service
@@ -174,4 +183,16 @@ fn set_rate_headers(response: &mut Response<Body>, d: &RateDecision) {
     h.insert("x-ratelimit-limit", HeaderValue::from(d.limit));
     h.insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
     h.insert("x-ratelimit-reset", HeaderValue::from(d.reset_secs));
+}
+
+/// True when the request announces a body (a non-zero `Content-Length` or any
+/// `Transfer-Encoding`), which an early error response may leave unread.
+fn request_carries_body(req: &Request<Incoming>) -> bool {
+    let headers = req.headers();
+    headers.contains_key(hyper::header::TRANSFER_ENCODING)
+        || headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
 }
