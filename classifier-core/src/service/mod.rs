@@ -339,6 +339,11 @@ fn warm_up(classifier: &crate::Classifier) -> Result<Duration> {
     Ok(measured)
 }
 
+/// How many times a status stream re-subscribes after its backend feed ended early.
+const MAX_RESUBSCRIBES: u32 = 600;
+/// Pause before each re-subscription (bounds the retry rate while a backend is down).
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(100);
+
 struct Inner {
     backend: Arc<dyn Backend>,
     registry: ModelRegistry,
@@ -553,16 +558,22 @@ impl Service {
         let feed = self.inner.backend.subscribe(id).await?;
         let current = self.status(id).await?;
         struct State {
+            backend: Arc<dyn Backend>,
+            id: JobId,
             first: Option<JobRecord>,
             feed: StatusStream,
             last: Option<u64>,
             done: bool,
+            resubscribes: u32,
         }
         let state = State {
+            backend: self.inner.backend.clone(),
+            id,
             first: Some(current),
             feed,
             last: None,
             done: false,
+            resubscribes: 0,
         };
         let stream = futures_util::stream::unfold(state, |mut s| async move {
             if s.done {
@@ -571,9 +582,34 @@ impl Service {
             let next = match s.first.take() {
                 Some(record) => record,
                 None => loop {
-                    let record = s.feed.next().await?;
-                    if s.last.is_none_or(|last| record.revision > last) {
-                        break record;
+                    match s.feed.next().await {
+                        Some(record) if s.last.is_none_or(|last| record.revision > last) => {
+                            break record;
+                        }
+                        Some(_) => {}
+                        None => {
+                            // The backend's feed ended before a terminal state (e.g. its
+                            // pub/sub connection was reset): subscribe again, then re-read, so
+                            // no change is lost and the stream still ends on the final state.
+                            s.resubscribes += 1;
+                            if s.resubscribes > MAX_RESUBSCRIBES {
+                                tracing::warn!(job_id = %s.id, "status feed keeps ending; giving up");
+                                return None;
+                            }
+                            tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+                            match s.backend.subscribe(s.id).await {
+                                Ok(feed) => s.feed = feed,
+                                Err(e) => {
+                                    tracing::debug!(job_id = %s.id, error = %e, "re-subscribe failed");
+                                    continue;
+                                }
+                            }
+                            if let Ok(Some(record)) = s.backend.get(s.id).await {
+                                if s.last.is_none_or(|last| record.revision > last) {
+                                    break record;
+                                }
+                            }
+                        }
                     }
                 },
             };
