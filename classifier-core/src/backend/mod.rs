@@ -308,17 +308,30 @@ pub async fn transition(
     id: JobId,
     event: &JobEvent,
 ) -> Result<JobRecord> {
-    let mut current = store
+    let current = store
         .get(id)
         .await?
         .ok_or_else(|| crate::Error::JobNotFound(id.to_string()))?;
+    transition_from(store, current, event).await
+}
+
+/// Like [`transition`], starting from a record the caller already holds (e.g. the one the
+/// previous step stored): one round trip instead of two when nobody else changed the job; a
+/// stale `current` only costs a conflict and a re-read.
+pub async fn transition_from(
+    store: &(impl JobStore + ?Sized),
+    mut current: JobRecord,
+    event: &JobEvent,
+) -> Result<JobRecord> {
     loop {
         let mut next = current.clone();
         next.apply(event, Utc::now())?;
         match store.compare_and_swap(&next).await? {
             CasOutcome::Swapped => return Ok(next),
             CasOutcome::Conflict(Some(latest)) => current = *latest,
-            CasOutcome::Conflict(None) => return Err(crate::Error::JobNotFound(id.to_string())),
+            CasOutcome::Conflict(None) => {
+                return Err(crate::Error::JobNotFound(current.id.to_string()))
+            }
         }
     }
 }

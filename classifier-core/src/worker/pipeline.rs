@@ -13,7 +13,7 @@ use chrono::Utc;
 use super::batcher::Announcement;
 use super::pool::InferRequest;
 use super::WorkerContext;
-use crate::backend::{transition, Lease};
+use crate::backend::{transition, transition_from, Lease};
 use crate::error::Error;
 use crate::job::{JobEvent, JobRecord, JobResult, JobStatus, Stage};
 use crate::postprocess::top_k;
@@ -39,15 +39,33 @@ enum Step {
 
 /// Apply `event`; a refusal because the job is terminal becomes `Stop(Discarded)`, a refusal
 /// because the job is already further along (a redelivery) is skipped.
-async fn step(ctx: &WorkerContext, lease: &Lease, event: JobEvent) -> Step {
-    match transition(ctx.backend.as_ref(), lease.job_id, &event).await {
-        Ok(record) => Step::Go(Box::new(record)),
+///
+/// `held` is the record this delivery stored last: the next step starts from it instead of
+/// re-reading the job (one backend round trip per step, not two), and it is updated here.
+async fn step(
+    ctx: &WorkerContext,
+    lease: &Lease,
+    held: &mut Option<JobRecord>,
+    event: JobEvent,
+) -> Step {
+    let applied = match held.take() {
+        Some(current) => transition_from(ctx.backend.as_ref(), current, &event).await,
+        None => transition(ctx.backend.as_ref(), lease.job_id, &event).await,
+    };
+    match applied {
+        Ok(record) => {
+            *held = Some(record.clone());
+            Step::Go(Box::new(record))
+        }
         Err(Error::JobNotFound(_)) => Step::Stop(Outcome::Discarded(JobStatus::Cancelled)),
         Err(Error::IllegalTransition { .. }) => match ctx.backend.get(lease.job_id).await {
             Ok(Some(record)) if record.status.is_terminal() => {
                 Step::Stop(Outcome::Discarded(record.status))
             }
-            Ok(Some(record)) => Step::Go(Box::new(record)),
+            Ok(Some(record)) => {
+                *held = Some(record.clone());
+                Step::Go(Box::new(record))
+            }
             Ok(None) => Step::Stop(Outcome::Discarded(JobStatus::Cancelled)),
             Err(e) => Step::Stop(Outcome::Retry(e)),
         },
@@ -58,7 +76,7 @@ async fn step(ctx: &WorkerContext, lease: &Lease, event: JobEvent) -> Step {
 /// Record a deterministic failure.
 pub(crate) async fn fail(ctx: &WorkerContext, lease: &Lease, message: String) -> Outcome {
     tracing::warn!(job = %lease.job_id, %message, "job failed");
-    match step(ctx, lease, JobEvent::Fail { message }).await {
+    match step(ctx, lease, &mut None, JobEvent::Fail { message }).await {
         Step::Go(_) => {
             ctx.metrics.job_finished(JobStatus::Failed);
             Outcome::Failed
@@ -84,10 +102,12 @@ pub(crate) async fn process(
 ) -> Outcome {
     let started = Instant::now();
     let id = lease.job_id;
-    let record = go!(step(ctx, lease, JobEvent::Start).await);
+    let mut held = None;
+    let record = go!(step(ctx, lease, &mut held, JobEvent::Start).await);
     go!(step(
         ctx,
         lease,
+        &mut held,
         JobEvent::Advance {
             stage: Stage::Preprocessing,
             progress: 25
@@ -130,6 +150,7 @@ pub(crate) async fn process(
     go!(step(
         ctx,
         lease,
+        &mut held,
         JobEvent::Advance {
             stage: Stage::Inference,
             progress: 50
@@ -155,6 +176,7 @@ pub(crate) async fn process(
     go!(step(
         ctx,
         lease,
+        &mut held,
         JobEvent::Advance {
             stage: Stage::Postprocessing,
             progress: 75
@@ -174,7 +196,7 @@ pub(crate) async fn process(
     if let Err(e) = ctx.backend.put_result(&result).await {
         return Outcome::Retry(e);
     }
-    match step(ctx, lease, JobEvent::Complete).await {
+    match step(ctx, lease, &mut held, JobEvent::Complete).await {
         Step::Go(record) if record.status == JobStatus::Completed => Outcome::Completed,
         Step::Go(record) => Outcome::Retry(Error::CorruptData(format!(
             "job {id} is {} after completing",
