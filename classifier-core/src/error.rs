@@ -181,6 +181,11 @@ pub enum Error {
     #[error("corrupt stored data: {0}")]
     CorruptData(String),
 
+    /// A request field is well-formed but not acceptable (e.g. an unknown feedback label,
+    /// feedback on a job that is not completed).
+    #[error("{0}")]
+    InvalidRequest(String),
+
     /// The service is shutting down and takes no new work.
     #[error("the service is shutting down")]
     ShuttingDown,
@@ -216,7 +221,7 @@ impl Error {
         match self {
             Error::FileTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             e if e.is_invalid_image() => "INVALID_IMAGE",
-            Error::UnknownModelVersion { .. } => "VALIDATION_ERROR",
+            Error::UnknownModelVersion { .. } | Error::InvalidRequest(_) => "VALIDATION_ERROR",
             Error::QueueFull { .. } | Error::BackendUnavailable(_) | Error::ShuttingDown => {
                 "SERVICE_UNAVAILABLE"
             }

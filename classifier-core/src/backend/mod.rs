@@ -31,8 +31,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::job::{JobEvent, JobId, JobRecord, JobResult, Priority};
 
+pub mod extras;
 pub mod rate_limit;
 
+pub use extras::{
+    webhook_event_id, FeedbackEntry, FeedbackStore, ResultCache, WebhookDelivery, WebhookOutbox,
+};
 pub use rate_limit::{RateDecision, RateLimit, RateLimitStore};
 
 /// How long each kind of data lives.
@@ -281,9 +285,12 @@ pub trait StatusFeed: Send + Sync {
     async fn subscribe(&self, id: JobId) -> Result<StatusStream>;
 }
 
-/// A complete backend: store, queue, feed, plus health and worker presence.
+/// A complete backend: store, queue, feed, the webhook outbox, feedback and the result
+/// cache, plus health and worker presence.
 #[async_trait]
-pub trait Backend: JobStore + JobQueue + StatusFeed {
+pub trait Backend:
+    JobStore + JobQueue + StatusFeed + WebhookOutbox + FeedbackStore + ResultCache
+{
     /// A short name for logs and health (`"memory"`, `"redis"`).
     fn name(&self) -> &'static str;
 

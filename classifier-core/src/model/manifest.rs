@@ -56,6 +56,16 @@ pub struct ModelEntry {
 pub struct Manifest {
     /// The version that `"latest"` (or no version) means.
     pub default: String,
+    /// Optional A/B split of `"latest"`: version -> weight. When set, a request for
+    /// `"latest"` (or no version) runs version `v` with probability `weight(v) / sum`; the
+    /// version used is recorded in the job and its result. Empty = always `default`.
+    ///
+    /// ```toml
+    /// default = "shufflenet-v2-f32"
+    /// latest_weights = { "shufflenet-v2-f32" = 90, "mobilenetv2-f32" = 10 }
+    /// ```
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub latest_weights: std::collections::BTreeMap<String, u32>,
     /// Every registered model version.
     #[serde(rename = "model")]
     pub models: Vec<ModelEntry>,
@@ -122,6 +132,25 @@ impl Manifest {
                 "default version {:?} is not listed",
                 self.default
             )));
+        }
+        for version in self.latest_weights.keys() {
+            if !seen.contains(version.as_str()) {
+                return Err(Error::Manifest(format!(
+                    "latest_weights names {version:?}, which is not listed"
+                )));
+            }
+        }
+        if !self.latest_weights.is_empty()
+            && self
+                .latest_weights
+                .values()
+                .map(|w| u64::from(*w))
+                .sum::<u64>()
+                == 0
+        {
+            return Err(Error::Manifest(
+                "latest_weights must have a positive total weight".into(),
+            ));
         }
         Ok(())
     }

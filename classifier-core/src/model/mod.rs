@@ -10,4 +10,4 @@ pub use engine::{Engine, EngineOptions};
 pub use labels::Labels;
 pub use locator::{sha256_hex, ModelLocator};
 pub use manifest::{BatchSupport, Manifest, ModelEntry};
-pub use registry::{ModelRegistry, ModelSpec, RegistryBuilder};
+pub use registry::{ModelRegistry, ModelSpec, RegistryBuilder, ReloadReport};

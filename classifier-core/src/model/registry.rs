@@ -66,6 +66,35 @@ impl Catalog {
         })
     }
 
+    /// Resolve like [`Catalog::resolve`], except that `"latest"` follows the manifest's A/B
+    /// weights when it has some.
+    fn route(&self, version: Option<&str>) -> Result<&Arc<ModelSpec>> {
+        let weights = &self.manifest.latest_weights;
+        if weights.is_empty() || !matches!(version, None | Some("") | Some("latest")) {
+            return self.resolve(version);
+        }
+        let total: u64 = weights.values().map(|w| u64::from(*w)).sum();
+        let mut pick = fastrand::u64(0..total.max(1));
+        for (name, weight) in weights {
+            if pick < u64::from(*weight) {
+                return self.resolve(Some(name));
+            }
+            pick -= u64::from(*weight);
+        }
+        self.resolve(version)
+    }
+
+    /// The versions a reload preloads: the default and every A/B arm.
+    fn hot_versions(&self) -> Vec<String> {
+        let mut hot = vec![self.default.clone()];
+        for (name, weight) in &self.manifest.latest_weights {
+            if *weight > 0 && !hot.contains(name) {
+                hot.push(name.clone());
+            }
+        }
+        hot
+    }
+
     fn resolve(&self, version: Option<&str>) -> Result<&Arc<ModelSpec>> {
         let wanted = match version {
             None | Some("") | Some("latest") => self.default.as_str(),
@@ -96,8 +125,38 @@ impl Cache {
     }
 }
 
+/// Where a reload reads the manifest from.
+#[derive(Debug, Clone)]
+enum ManifestSource {
+    /// This file.
+    Path(std::path::PathBuf),
+    /// The first `manifest.toml` on the locator's path, else the built-in one.
+    Locator,
+    /// A manifest handed to the builder: a reload keeps it.
+    Fixed,
+}
+
+/// What [`ModelRegistry::reload`] changed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReloadReport {
+    /// Every version of the new manifest.
+    pub versions: Vec<String>,
+    /// What `"latest"` means now.
+    pub default: String,
+    /// Versions that are new.
+    pub added: Vec<String>,
+    /// Versions that are gone (their loaded models were dropped; jobs in flight keep them).
+    pub removed: Vec<String>,
+    /// Versions whose entry changed (file, checksum, preprocessing...): reloaded on next use.
+    pub changed: Vec<String>,
+    /// Versions loaded after the reload (the default and A/B arms are loaded before the swap).
+    pub loaded: Vec<String>,
+}
+
 struct Inner {
     catalog: RwLock<Arc<Catalog>>,
+    source: ManifestSource,
+    default_override: Option<String>,
     cache: Mutex<Cache>,
     /// One load at a time, so that two requests for the same cold version load it once.
     load_lock: tokio::sync::Mutex<()>,
@@ -140,6 +199,7 @@ impl std::fmt::Debug for ModelRegistry {
 #[derive(Debug, Clone)]
 pub struct RegistryBuilder {
     manifest: Option<Manifest>,
+    manifest_path: Option<std::path::PathBuf>,
     locator: Option<ModelLocator>,
     default_model: Option<String>,
     cache_size: usize,
@@ -153,6 +213,7 @@ impl Default for RegistryBuilder {
     fn default() -> Self {
         RegistryBuilder {
             manifest: None,
+            manifest_path: None,
             locator: None,
             default_model: None,
             cache_size: 3,
@@ -169,6 +230,12 @@ impl RegistryBuilder {
     /// built-in one).
     pub fn manifest(mut self, manifest: Manifest) -> Self {
         self.manifest = Some(manifest);
+        self
+    }
+
+    /// Read the manifest from this file (and re-read it on [`ModelRegistry::reload`]).
+    pub fn manifest_path(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.manifest_path = Some(path.into());
         self
     }
 
@@ -217,17 +284,22 @@ impl RegistryBuilder {
     /// Read the manifest and check the default; loads no model.
     pub fn build(self) -> Result<ModelRegistry> {
         let locator = self.locator.unwrap_or_else(ModelLocator::from_env);
-        let manifest = match self.manifest {
-            Some(m) => m,
-            None => match locator.find_manifest() {
-                Some(path) => Manifest::from_path(&path)?,
-                None => Manifest::builtin()?,
-            },
+        let source = match (&self.manifest_path, &self.manifest) {
+            (Some(path), _) => ManifestSource::Path(path.clone()),
+            (None, Some(_)) => ManifestSource::Fixed,
+            (None, None) => ManifestSource::Locator,
+        };
+        let manifest = match (self.manifest, &source) {
+            (_, ManifestSource::Path(path)) => Manifest::from_path(path)?,
+            (Some(m), _) => m,
+            (None, _) => read_from_locator(&locator)?,
         };
         let catalog = Catalog::new(manifest, self.default_model.as_deref())?;
         Ok(ModelRegistry {
             inner: Arc::new(Inner {
                 catalog: RwLock::new(Arc::new(catalog)),
+                source,
+                default_override: self.default_model,
                 cache: Mutex::new(Cache::default()),
                 load_lock: tokio::sync::Mutex::new(()),
                 locator,
@@ -238,6 +310,13 @@ impl RegistryBuilder {
                 metrics: self.metrics,
             }),
         })
+    }
+}
+
+fn read_from_locator(locator: &ModelLocator) -> Result<Manifest> {
+    match locator.find_manifest() {
+        Some(path) => Manifest::from_path(&path),
+        None => Manifest::builtin(),
     }
 }
 
@@ -265,6 +344,11 @@ impl ModelRegistry {
         self.catalog().default.clone()
     }
 
+    /// The A/B split of `"latest"` (version -> weight); empty when latest is the default.
+    pub fn latest_weights(&self) -> std::collections::BTreeMap<String, u32> {
+        self.catalog().manifest.latest_weights.clone()
+    }
+
     /// Every version of the manifest, in manifest order.
     pub fn versions(&self) -> Vec<String> {
         self.catalog().manifest.versions()
@@ -280,6 +364,118 @@ impl ModelRegistry {
     /// [`Error::UnknownModelVersion`], listing the available ones.
     pub fn spec(&self, version: Option<&str>) -> Result<Arc<ModelSpec>> {
         self.catalog().resolve(version).cloned()
+    }
+
+    /// Like [`ModelRegistry::spec`], but `"latest"` (or no version) follows the manifest's
+    /// A/B weights (`latest_weights`) when it has some. Submissions use this; the version
+    /// picked is the one recorded in the job.
+    pub fn route(&self, version: Option<&str>) -> Result<Arc<ModelSpec>> {
+        self.catalog().route(version).cloned()
+    }
+
+    /// Re-read the manifest and swap it in with zero downtime.
+    ///
+    /// The default version and every A/B arm of the new manifest are loaded *before* the
+    /// swap, so no request waits for (or fails on) a load; versions that are gone or whose
+    /// entry changed are dropped from the cache afterwards. Jobs in flight keep the
+    /// [`Classifier`] they hold and finish on the model they started with. On any error
+    /// (unreadable manifest, a model that does not load) nothing changes.
+    pub async fn reload(&self) -> Result<ReloadReport> {
+        let manifest = match &self.inner.source {
+            ManifestSource::Path(path) => Manifest::from_path(path)?,
+            ManifestSource::Locator => read_from_locator(&self.inner.locator)?,
+            ManifestSource::Fixed => self.catalog().manifest.clone(),
+        };
+        let next = Arc::new(Catalog::new(
+            manifest,
+            self.inner.default_override.as_deref(),
+        )?);
+        // One reload or load at a time: a load racing the swap could cache a stale model.
+        let _loading = self.inner.load_lock.lock().await;
+        let old = self.catalog();
+        let unchanged = |v: &str| match (old.specs.get(v), next.specs.get(v)) {
+            (Some(a), Some(b)) => a.entry == b.entry,
+            _ => false,
+        };
+        let mut fresh = Vec::new();
+        for version in next.hot_versions() {
+            let cached = unchanged(&version) && self.cache().touch(&version).is_some();
+            if !cached {
+                let spec = next.resolve(Some(&version))?.clone();
+                fresh.push((version.clone(), self.load(&next.manifest, &spec).await?));
+            }
+        }
+        let report = ReloadReport {
+            versions: next.manifest.versions(),
+            default: next.default.clone(),
+            added: next
+                .manifest
+                .versions()
+                .into_iter()
+                .filter(|v| !old.specs.contains_key(v))
+                .collect(),
+            removed: old
+                .manifest
+                .versions()
+                .into_iter()
+                .filter(|v| !next.specs.contains_key(v))
+                .collect(),
+            changed: next
+                .manifest
+                .versions()
+                .into_iter()
+                .filter(|v| old.specs.contains_key(v) && !unchanged(v))
+                .collect(),
+            loaded: Vec::new(),
+        };
+        let keep: Vec<String> = old
+            .manifest
+            .versions()
+            .into_iter()
+            .filter(|v| unchanged(v))
+            .collect();
+        *self
+            .inner
+            .catalog
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = next;
+        self.cache().entries.retain(|(v, _)| keep.contains(v));
+        for (version, classifier) in fresh {
+            self.insert(version, classifier);
+        }
+        let loaded = self.loaded();
+        if let Some(m) = &self.inner.metrics {
+            m.set_models_loaded(loaded.len());
+        }
+        tracing::info!(
+            default = %report.default,
+            added = ?report.added,
+            removed = ?report.removed,
+            changed = ?report.changed,
+            "model manifest reloaded"
+        );
+        Ok(ReloadReport { loaded, ..report })
+    }
+
+    /// Load `spec` (from `manifest`) on a blocking thread.
+    async fn load(&self, manifest: &Manifest, spec: &ModelSpec) -> Result<Classifier> {
+        let name = spec.entry.version.clone();
+        let builder = Classifier::builder()
+            .manifest(manifest.clone())
+            .locator(self.inner.locator.clone())
+            .version(name.clone())
+            .validation(self.inner.validation.clone())
+            .engine_options(self.inner.engine)
+            .top_k(self.inner.top_k);
+        let started = Instant::now();
+        let classifier = tokio::task::spawn_blocking(move || builder.build())
+            .await
+            .map_err(|e| Error::ModelLoad {
+                version: name.clone(),
+                reason: format!("loader task failed: {e}"),
+            })??;
+        tracing::info!(version = %name, elapsed = ?started.elapsed(), "model ready");
+        Ok(classifier)
     }
 
     /// The versions loaded now, least recently used first.
@@ -309,22 +505,8 @@ impl ModelRegistry {
         if let Some(c) = self.cache().touch(&name) {
             return Ok(c);
         }
-        let manifest = self.catalog().manifest.clone();
-        let builder = Classifier::builder()
-            .manifest(manifest)
-            .locator(self.inner.locator.clone())
-            .version(name.clone())
-            .validation(self.inner.validation.clone())
-            .engine_options(self.inner.engine)
-            .top_k(self.inner.top_k);
-        let started = Instant::now();
-        let classifier = tokio::task::spawn_blocking(move || builder.build())
-            .await
-            .map_err(|e| Error::ModelLoad {
-                version: name.clone(),
-                reason: format!("loader task failed: {e}"),
-            })??;
-        tracing::info!(version = %name, elapsed = ?started.elapsed(), "model ready");
+        let catalog = self.catalog();
+        let classifier = self.load(&catalog.manifest, &spec).await?;
         self.insert(name, classifier.clone());
         Ok(classifier)
     }
@@ -428,5 +610,100 @@ mod tests {
         let infos = r.infos();
         assert_eq!(infos.iter().filter(|i| i.default).count(), 1);
         assert_eq!(infos.iter().filter(|i| i.loaded).count(), 2);
+    }
+
+    fn manifest_text(default: &str, extra: &str) -> String {
+        let base = toml::to_string(&Manifest::builtin().unwrap()).unwrap();
+        base.replacen(
+            "default = ",
+            &format!("{extra}\ndefault = \"{default}\"\nx_old_default = "),
+            1,
+        )
+        .lines()
+        .filter(|l| !l.starts_with("x_old_default"))
+        .collect::<Vec<_>>()
+        .join("\n")
+    }
+
+    #[test]
+    fn latest_follows_the_ab_weights_but_the_default_does_not_move() {
+        let text = manifest_text(
+            "shufflenet-v2-f32",
+            r#"latest_weights = { "mobilenetv2-f32" = 3, "shufflenet-v2-qdq" = 1 }"#,
+        );
+        let r = ModelRegistry::builder()
+            .manifest(Manifest::parse(&text).unwrap())
+            .build()
+            .unwrap();
+        let mut counts = HashMap::<String, usize>::new();
+        for _ in 0..400 {
+            *counts
+                .entry(r.route(None).unwrap().entry.version.clone())
+                .or_default() += 1;
+        }
+        let mobile = counts.get("mobilenetv2-f32").copied().unwrap_or(0);
+        let qdq = counts.get("shufflenet-v2-qdq").copied().unwrap_or(0);
+        assert_eq!(mobile + qdq, 400, "{counts:?}");
+        // Expected 300/100; the bounds are > 6 standard deviations wide.
+        assert!((250..=350).contains(&mobile), "{counts:?}");
+        assert_eq!(r.spec(None).unwrap().entry.version, "shufflenet-v2-f32");
+        assert_eq!(
+            r.route(Some("shufflenet-v2-f32")).unwrap().entry.version,
+            "shufflenet-v2-f32"
+        );
+        assert_eq!(r.latest_weights().len(), 2);
+    }
+
+    #[test]
+    fn weights_must_name_listed_versions_and_be_positive() {
+        let unknown = manifest_text("shufflenet-v2-f32", r#"latest_weights = { "nope" = 1 }"#);
+        assert!(Manifest::parse(&unknown).is_err());
+        let zero = manifest_text(
+            "shufflenet-v2-f32",
+            r#"latest_weights = { "mobilenetv2-f32" = 0 }"#,
+        );
+        assert!(Manifest::parse(&zero).is_err());
+    }
+
+    #[tokio::test]
+    async fn reload_swaps_the_default_and_jobs_keep_their_model() {
+        let dir = std::env::temp_dir().join(format!("registry-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("manifest.toml");
+        std::fs::write(&path, manifest_text("shufflenet-v2-f32", "")).unwrap();
+        let r = ModelRegistry::builder()
+            .manifest_path(&path)
+            .cache_size(2)
+            .build()
+            .unwrap();
+        let before = r.get(None).await.unwrap();
+        assert_eq!(before.version(), "shufflenet-v2-f32");
+
+        // Same manifest: nothing changes, nothing reloads.
+        let same = r.reload().await.unwrap();
+        assert!(same.added.is_empty() && same.removed.is_empty() && same.changed.is_empty());
+
+        // New default: loaded before the swap; the old classifier still works.
+        std::fs::write(&path, manifest_text("mobilenetv2-f32", "")).unwrap();
+        let report = r.reload().await.unwrap();
+        assert_eq!(report.default, "mobilenetv2-f32");
+        assert!(
+            report.loaded.contains(&"mobilenetv2-f32".to_string()),
+            "{report:?}"
+        );
+        assert_eq!(r.get_loaded(None).unwrap().version(), "mobilenetv2-f32");
+        let crop = vec![128u8; before.preprocessor().crop_len()];
+        let mut tensor = vec![0f32; before.preprocessor().spec().tensor_len()];
+        before
+            .preprocessor()
+            .normalize_into(&crop, &mut tensor)
+            .unwrap();
+        assert_eq!(before.engine().run(tensor, 1).unwrap().len(), 1000);
+
+        // A manifest that does not parse changes nothing.
+        std::fs::write(&path, "default = \"nope\"").unwrap();
+        assert!(r.reload().await.is_err());
+        assert_eq!(r.default_version(), "mobilenetv2-f32");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -11,8 +11,11 @@
 //! The service works with any [`Backend`]; `classifier_queue::InMemoryBackend` is the
 //! embedded default (see the `classifier` façade crate for a complete example).
 
+mod feedback;
 pub mod payload;
 mod submit;
+
+pub use feedback::LabelRef;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -122,7 +125,12 @@ pub struct ServiceBuilder {
     shutdown_grace: Duration,
     engine: EngineOptions,
     metrics: Option<Arc<Metrics>>,
+    manifest_path: Option<std::path::PathBuf>,
+    result_cache: Option<Duration>,
 }
+
+/// How long cached results live by default (as long as results do).
+pub const DEFAULT_RESULT_CACHE_TTL: Duration = Duration::from_secs(86_400);
 
 impl Default for ServiceBuilder {
     fn default() -> Self {
@@ -138,6 +146,8 @@ impl Default for ServiceBuilder {
             max_batch: 8,
             max_delay: Duration::from_millis(2),
             shutdown_grace: Duration::from_secs(30),
+            manifest_path: None,
+            result_cache: Some(DEFAULT_RESULT_CACHE_TTL),
             // Measured (BENCHMARKS.md): with tract, a batch of 8 costs 1.4x (ShuffleNet) to
             // 2.3x (MobileNet) more CPU per image than batch 1, and intra-op threads are
             // slower on these small models. So: one image per tract call, one call per core.
@@ -230,6 +240,19 @@ impl ServiceBuilder {
         self.engine = options;
         self
     }
+    /// Read the model manifest from this file, and re-read it on [`Service::reload_models`]
+    /// (default: the first `manifest.toml` on the model search path, else the built-in one).
+    pub fn manifest_path(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.manifest_path = Some(path.into());
+        self
+    }
+    /// The result cache: an image identical (by sha256) to one already classified with the
+    /// same model version gets the stored result without inference. `Some(ttl)` keeps
+    /// results that long (default [`DEFAULT_RESULT_CACHE_TTL`]); `None` turns it off.
+    pub fn result_cache(mut self, ttl: Option<Duration>) -> Self {
+        self.result_cache = ttl;
+        self
+    }
     /// Record into these metrics (default: a fresh registry).
     pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
@@ -260,6 +283,9 @@ impl ServiceBuilder {
         }
         if let Some(manifest) = self.manifest {
             registry = registry.manifest(manifest);
+        }
+        if let Some(path) = self.manifest_path {
+            registry = registry.manifest_path(path);
         }
         if let Some(version) = self.default_model {
             registry = registry.default_model(version);
@@ -302,6 +328,7 @@ impl ServiceBuilder {
                     // Enough to keep every inference thread fed while the next jobs do their
                     // backend round trips, few enough that priorities still decide.
                     max_in_flight: workers * native.max(2),
+                    result_cache: self.result_cache,
                 },
             )
         });
@@ -315,6 +342,7 @@ impl ServiceBuilder {
                 runtime,
                 workers,
                 top_k: self.top_k,
+                result_cache: self.result_cache,
                 grace: self.shutdown_grace,
                 stopping: AtomicBool::new(false),
                 stopped: tokio::sync::Mutex::new(false),
@@ -353,6 +381,7 @@ struct Inner {
     runtime: Option<WorkerRuntime>,
     workers: usize,
     top_k: usize,
+    result_cache: Option<Duration>,
     grace: Duration,
     stopping: AtomicBool,
     stopped: tokio::sync::Mutex<bool>,
@@ -412,7 +441,13 @@ impl Service {
     /// ```
     pub async fn submit(&self, image: Bytes, options: SubmitOptions) -> Result<JobTicket> {
         self.check_running()?;
-        let spec = self.inner.registry.spec(options.model_version.as_deref())?;
+        let spec = self
+            .inner
+            .registry
+            .route(options.model_version.as_deref())?;
+        if let Some(ticket) = self.submit_cached(&image, &options, &spec).await? {
+            return Ok(ticket);
+        }
         let prepared = submit::prepare_upload_blocking(
             self.inner.registry.validation().clone(),
             spec.preprocessor.clone(),
@@ -442,6 +477,71 @@ impl Service {
             priority: record.priority,
             model_version: record.model_version,
         })
+    }
+
+    /// The cached result of an identical image with the same model version, if the cache is
+    /// on and has one (counted in `classifier_result_cache_hits_total`).
+    async fn cached(&self, image: &[u8], version: &str) -> Option<(String, JobResult)> {
+        self.inner.result_cache?;
+        let sha256 = crate::model::sha256_hex(image);
+        match self.inner.backend.cached_result(&sha256, version).await {
+            Ok(Some(hit)) if hit.image_metadata.file_size == image.len() => {
+                self.inner.metrics.result_cache_hit();
+                Some((sha256, hit))
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "result cache lookup failed; classifying");
+                None
+            }
+        }
+    }
+
+    /// A cache hit becomes a job that is completed at once (no queue, no inference); its
+    /// webhook, if any, is queued as for any completed job.
+    async fn submit_cached(
+        &self,
+        image: &[u8],
+        options: &SubmitOptions,
+        spec: &crate::model::ModelSpec,
+    ) -> Result<Option<JobTicket>> {
+        let Some((sha256, hit)) = self.cached(image, &spec.entry.version).await else {
+            return Ok(None);
+        };
+        let now = Utc::now();
+        let mut record = JobRecord::new(
+            JobId::new(),
+            options,
+            spec.entry.version.clone(),
+            hit.image_metadata.clone(),
+            sha256,
+            now,
+        );
+        record.status = JobStatus::Completed;
+        record.stage = crate::job::Stage::Completed;
+        record.progress = 100;
+        record.started_at = Some(now);
+        record.finished_at = Some(now);
+        let result = JobResult {
+            job_id: record.id,
+            processing_time: 0.0,
+            created_at: now,
+            completed_at: now,
+            ..hit
+        };
+        self.inner.backend.create_finished(&record, &result).await?;
+        self.inner.metrics.job_finished(JobStatus::Completed);
+        crate::worker::notify::after_terminal(self.inner.backend.as_ref(), &record, Some(&result))
+            .await;
+        tracing::debug!(job = %record.id, "job answered from the result cache");
+        Ok(Some(JobTicket {
+            job_id: record.id,
+            status: JobStatus::Completed,
+            created_at: now,
+            estimated_completion: now,
+            priority: record.priority,
+            model_version: record.model_version,
+        }))
     }
 
     /// Expected time to completion of a job of `priority` just queued: the ready jobs
@@ -636,14 +736,22 @@ impl Service {
         model_version: Option<&str>,
     ) -> Result<Classification> {
         self.check_running()?;
-        let spec = self.inner.registry.spec(model_version)?;
+        let spec = self.inner.registry.route(model_version)?;
+        if let Some((_, hit)) = self.cached(&image, &spec.entry.version).await {
+            return Ok(Classification {
+                model_version: hit.model_version,
+                predictions: hit.predictions,
+                image_metadata: hit.image_metadata,
+                timings: Timings::default(),
+            });
+        }
         let prepared = submit::prepare_upload_blocking(
             self.inner.registry.validation().clone(),
             spec.preprocessor.clone(),
             image,
         )
         .await?;
-        let classifier = self.inner.registry.get(model_version).await?;
+        let classifier = self.inner.registry.get(Some(&spec.entry.version)).await?;
         let inferred = self
             .inner
             .pool
@@ -659,7 +767,7 @@ impl Service {
         self.inner
             .metrics
             .observe_preprocess((prepared.crop.prepare_time + inferred.normalize).as_secs_f64());
-        Ok(Classification {
+        let classification = Classification {
             model_version: classifier.version().to_string(),
             predictions: top_k(&inferred.logits, classifier.labels(), self.inner.top_k),
             image_metadata: prepared.metadata,
@@ -668,7 +776,27 @@ impl Service {
                 preprocess,
                 inference: inferred.inference,
             },
-        })
+        };
+        if let Some(ttl) = self.inner.result_cache {
+            let now = Utc::now();
+            let result = JobResult {
+                job_id: JobId::new(),
+                predictions: classification.predictions.clone(),
+                processing_time: 0.0,
+                model_version: classification.model_version.clone(),
+                image_metadata: classification.image_metadata.clone(),
+                created_at: now,
+                completed_at: now,
+            };
+            let version = &classification.model_version;
+            if let Err(e) = (self.inner.backend)
+                .cache_result(&prepared.sha256, version, &result, ttl)
+                .await
+            {
+                tracing::warn!(error = %e, "result not cached");
+            }
+        }
+        Ok(classification)
     }
 
     /// A builder.
@@ -687,6 +815,20 @@ impl Service {
     /// ```
     pub fn models(&self) -> Vec<ModelInfo> {
         self.inner.registry.infos()
+    }
+
+    /// Re-read the model manifest and swap models with zero downtime (see
+    /// [`ModelRegistry::reload`]): the new default and A/B arms are loaded before the swap,
+    /// jobs in flight finish on the model they started with.
+    ///
+    /// ```no_run
+    /// # async fn demo(service: classifier_core::service::Service) -> classifier_core::Result<()> {
+    /// let report = service.reload_models().await?;
+    /// println!("default is now {}; added {:?}", report.default, report.added);
+    /// # Ok(()) }
+    /// ```
+    pub async fn reload_models(&self) -> Result<crate::model::ReloadReport> {
+        self.inner.registry.reload().await
     }
 
     /// The model registry (versions, specs, loaded models).

@@ -15,6 +15,7 @@
 
 pub mod batcher;
 pub mod eta;
+pub(crate) mod notify;
 pub(crate) mod pipeline;
 pub(crate) mod pool;
 
@@ -48,6 +49,8 @@ pub(crate) struct WorkerContext {
     pub pool: Arc<InferencePool>,
     pub metrics: Arc<Metrics>,
     pub top_k: usize,
+    /// How long completed results stay in the result cache (`None`: no caching).
+    pub result_cache: Option<Duration>,
     /// Leases held now, by token, with the task working on each.
     leases: Mutex<HashMap<String, (Lease, Option<AbortHandle>)>>,
 }
@@ -64,6 +67,7 @@ pub(crate) struct RuntimeConfig {
     pub workers: usize,
     pub max_batch: usize,
     pub max_in_flight: usize,
+    pub result_cache: Option<Duration>,
 }
 
 /// A running set of workers.
@@ -103,6 +107,7 @@ impl WorkerRuntime {
             pool,
             metrics,
             top_k,
+            result_cache: config.result_cache,
             leases: Mutex::new(HashMap::new()),
         });
         let (stop, stopped) = watch::channel(false);
@@ -247,13 +252,32 @@ async fn run_job(
     };
     let id = lease.job_id;
     match outcome {
-        Outcome::Completed => {
+        Outcome::Completed(done) => {
             ctx.metrics.job_finished(JobStatus::Completed);
+            let (record, result) = *done;
+            if let Some(ttl) = ctx.result_cache {
+                let cached = ctx
+                    .backend
+                    .cache_result(&record.image_sha256, &result.model_version, &result, ttl)
+                    .await;
+                if let Err(e) = cached {
+                    tracing::warn!(job = %id, error = %e, "result not cached");
+                }
+            }
+            notify::after_terminal(ctx.backend.as_ref(), &record, Some(&result)).await;
             finish(ctx, &lease).await;
         }
-        Outcome::Failed => finish(ctx, &lease).await,
+        Outcome::Failed(record) => {
+            notify::after_terminal(ctx.backend.as_ref(), &record, None).await;
+            finish(ctx, &lease).await
+        }
         Outcome::Discarded(status) => {
             tracing::debug!(job = %id, %status, "delivery discarded");
+            if matches!(status, JobStatus::Completed | JobStatus::Failed) {
+                // A redelivery of a finished job: its first delivery may have died before
+                // queueing the webhook (enqueuing is idempotent by event id).
+                notify::after_terminal_by_id(ctx.backend.as_ref(), id).await;
+            }
             finish(ctx, &lease).await;
         }
         Outcome::Retry(error) => {
@@ -265,11 +289,11 @@ async fn run_job(
                 Ok(NackOutcome::DeadLettered) => {
                     let message = format!("gave up after {} attempts: {reason}", lease.delivery);
                     tracing::error!(job = %id, %message, "job dead-lettered");
-                    if transition(ctx.backend.as_ref(), id, &JobEvent::Fail { message })
-                        .await
-                        .is_ok()
+                    if let Ok(record) =
+                        transition(ctx.backend.as_ref(), id, &JobEvent::Fail { message }).await
                     {
                         ctx.metrics.job_finished(JobStatus::Failed);
+                        notify::after_terminal(ctx.backend.as_ref(), &record, None).await;
                     }
                 }
                 Ok(NackOutcome::Stale) => tracing::debug!(job = %id, "nack of a stale lease"),

@@ -22,12 +22,12 @@ use crate::service::payload::CropPayload;
 /// How one delivery ended.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    /// Completed by this delivery.
-    Completed,
+    /// Completed by this delivery: the stored record and result.
+    Completed(Box<(JobRecord, JobResult)>),
     /// Not ours to finish: the job is (or became) in this state; ack and move on.
     Discarded(JobStatus),
-    /// A deterministic failure, already recorded as `Failed`.
-    Failed,
+    /// A deterministic failure, already recorded as `Failed`: the stored record.
+    Failed(Box<JobRecord>),
     /// A transient failure: nack and retry later (dead-letter after `max_attempts`).
     Retry(Error),
 }
@@ -77,9 +77,9 @@ async fn step(
 pub(crate) async fn fail(ctx: &WorkerContext, lease: &Lease, message: String) -> Outcome {
     tracing::warn!(job = %lease.job_id, %message, "job failed");
     match step(ctx, lease, &mut None, JobEvent::Fail { message }).await {
-        Step::Go(_) => {
+        Step::Go(record) => {
             ctx.metrics.job_finished(JobStatus::Failed);
-            Outcome::Failed
+            Outcome::Failed(record)
         }
         Step::Stop(outcome) => outcome,
     }
@@ -197,7 +197,9 @@ pub(crate) async fn process(
         return Outcome::Retry(e);
     }
     match step(ctx, lease, &mut held, JobEvent::Complete).await {
-        Step::Go(record) if record.status == JobStatus::Completed => Outcome::Completed,
+        Step::Go(record) if record.status == JobStatus::Completed => {
+            Outcome::Completed(Box::new((*record, result)))
+        }
         Step::Go(record) => Outcome::Retry(Error::CorruptData(format!(
             "job {id} is {} after completing",
             record.status
