@@ -64,6 +64,8 @@ fn service(c: &mut Criterion, classifier: &Classifier, bytes: &[u8]) {
         Service::builder()
             .backend(backend.clone())
             .workers(2)
+            // The bench submits one photo many times: measure inference, not cache hits.
+            .result_cache(None)
             .build()
             .await
             .expect("service")

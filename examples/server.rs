@@ -100,6 +100,12 @@ async fn run(config: Config, redis_prefix: String) -> anyhow::Result<()> {
     if let Some(v) = &config.default_model_version {
         builder = builder.default_model(v.clone());
     }
+    if let Some(path) = &config.model_manifest {
+        builder = builder.manifest_path(path);
+    }
+    if !config.result_cache {
+        builder = builder.result_cache(None);
+    }
     let service = builder.build().await?;
 
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -58,6 +58,9 @@ struct WorkerConfig {
         default_value_t = 3
     )]
     model_cache_size: usize,
+    /// Store completed results in the result cache (servers answer identical images from it).
+    #[arg(long = "result-cache", env = "RESULT_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    result_cache: bool,
     /// Seconds a taken job stays leased before another worker may take it again.
     #[arg(
         long = "visibility-timeout",
@@ -150,6 +153,9 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         .shutdown_grace(grace);
     if let Some(v) = &config.default_model_version {
         builder = builder.default_model(v.clone());
+    }
+    if !config.result_cache {
+        builder = builder.result_cache(None);
     }
     let service = tokio::select! {
         built = builder.build() => built.context("cannot start the service")?,

@@ -175,6 +175,10 @@ async fn dispatch(handler: Handler, ctx: Ctx, req: Request<Incoming>) -> Result<
         Handler::AdminQueue => handlers::admin::queue(&ctx).await,
         Handler::DeadLetters => handlers::admin::dead_letters(&ctx).await,
         Handler::RetryDeadLetter => handlers::admin::retry(&ctx).await,
+        Handler::ReloadModels => handlers::admin::reload_models(&ctx).await,
+        Handler::Feedback => handlers::feedback::submit(&ctx, req).await,
+        Handler::FeedbackCount => handlers::feedback::count(&ctx).await,
+        Handler::FeedbackExport => handlers::feedback::export(&ctx).await,
     }
 }
 

@@ -103,7 +103,9 @@ pub fn document() -> Value {
             "/api/v1/health/ready": health_get("Readiness: 503 when the backend is down or the default model is not loaded"),
             "/api/v1/models": {"get": {"summary": "Model versions, the default, loaded or not, input size", "tags": ["models"],
                 "responses": merge(json!({"200": ok("Models", json!({"type": "object", "properties": {
-                    "default": {"type": "string"}, "models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}}))}),
+                    "default": {"type": "string"}, "latest_weights": {"type": "object", "additionalProperties": {"type": "integer"},
+                        "description": "A/B split of \"latest\" (version -> weight); empty when latest is the default"},
+                    "models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}}))}),
                     json!({"401": error_ref("UNAUTHORIZED"), "429": error_ref("RATE_LIMITED")}))}},
             "/api/v1/classify": {"post": {"summary": "Submit one image; returns at once", "tags": ["jobs"],
                 "requestBody": multipart("file", false),
@@ -139,11 +141,37 @@ pub fn document() -> Value {
                     "409": error_ref("CONFLICT: the job already finished (body adds status)")}), job_errors())}},
             "/api/v1/admin/queue": {"get": {"summary": "Queue depth by priority and state, workers", "tags": ["admin"],
                 "responses": merge(json!({"200": ok("Queue", json!({"type": "object"}))}), admin_errors())}},
-            "/api/v1/admin/dead-letters": {"get": {"summary": "Dead-lettered jobs, oldest first", "tags": ["admin"],
+            "/api/v1/admin/dead-letters": {"get": {"summary": "Dead-lettered jobs and webhook events, oldest first", "tags": ["admin"],
                 "responses": merge(json!({"200": ok("Dead letters", json!({"type": "object", "properties": {
-                    "count": {"type": "integer"}, "dead_letters": {"type": "array", "items": {"type": "object"}}}}))}), admin_errors())}},
-            "/api/v1/admin/dead-letters/{id}/retry": {"post": {"summary": "Requeue a dead letter", "tags": ["admin"], "parameters": [id_param()],
-                "responses": merge(json!({"200": ok("Requeued", json!({"type": "object"})), "404": error_ref("JOB_NOT_FOUND: not dead-lettered")}), admin_errors())}}
+                    "count": {"type": "integer"}, "dead_letters": {"type": "array", "items": {"type": "object"}},
+                    "webhooks": {"type": "object", "properties": {"count": {"type": "integer"},
+                        "dead_letters": {"type": "array", "items": {"$ref": "#/components/schemas/WebhookDelivery"}}}}}}))}), admin_errors())}},
+            "/api/v1/admin/dead-letters/{id}/retry": {"post": {"summary": "Requeue a dead letter: a job id goes back to the queue, a webhook event id (evt_...) back to delivery", "tags": ["admin"],
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": "job id or webhook event id"}],
+                "responses": merge(json!({"200": ok("Requeued", json!({"type": "object"})), "404": error_ref("JOB_NOT_FOUND: not dead-lettered")}), admin_errors())}},
+            "/api/v1/admin/models/reload": {"post": {"summary": "Re-read the model manifest and swap models with zero downtime (the new default and A/B arms load before the swap; jobs in flight finish on their model)", "tags": ["admin", "models"],
+                "responses": merge(json!({"200": ok("What changed", json!({"type": "object", "properties": {
+                    "versions": {"type": "array", "items": {"type": "string"}}, "default": {"type": "string"},
+                    "added": {"type": "array", "items": {"type": "string"}}, "removed": {"type": "array", "items": {"type": "string"}},
+                    "changed": {"type": "array", "items": {"type": "string"}}, "loaded": {"type": "array", "items": {"type": "string"}}}})),
+                    "422": error_ref("VALIDATION_ERROR: the manifest does not parse or a model does not load; nothing changed")}), admin_errors())}},
+            "/api/v1/admin/feedback/export": {"get": {"summary": "Every feedback entry as JSON Lines, oldest first, for retraining", "tags": ["admin", "feedback"],
+                "responses": merge(json!({"200": {"description": "One JSON object per line: job_id, predicted {class_id, class_name, confidence}, correct {class_id, class_name}, model_version, image_sha256, timestamp",
+                    "content": {"application/x-ndjson": {}}}}), admin_errors())}},
+            "/api/v1/feedback": {"post": {"summary": "Send the correct label of one of your completed jobs (one entry per job; sending again replaces it)", "tags": ["feedback"],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["job_id", "correct_label"], "properties": {
+                    "job_id": {"type": "string", "format": "uuid"},
+                    "correct_label": {"oneOf": [{"type": "integer", "minimum": 0}, {"type": "string"}], "description": "class id, or class name of the job's model"}}}}}},
+                "responses": merge(json!({"201": ok("Stored", json!({"type": "object", "properties": {
+                    "stored": {"const": true}, "job_id": {"type": "string"}, "feedback_count": {"type": "integer"}}})),
+                    "404": error_ref("JOB_NOT_FOUND: unknown, expired or someone else's job"),
+                    "413": error_ref("PAYLOAD_TOO_LARGE: body over 4 KiB"),
+                    "415": error_ref("UNSUPPORTED_MEDIA_TYPE: not application/json"),
+                    "422": error_ref("VALIDATION_ERROR: bad JSON, job not completed, unknown or ambiguous label")}),
+                    json!({"401": error_ref("UNAUTHORIZED"), "429": error_ref("RATE_LIMITED")}))}},
+            "/api/v1/feedback/count": {"get": {"summary": "How many jobs have feedback", "tags": ["feedback"],
+                "responses": merge(json!({"200": ok("Count", json!({"type": "object", "properties": {"feedback_count": {"type": "integer"}}}))}),
+                    json!({"401": error_ref("UNAUTHORIZED"), "429": error_ref("RATE_LIMITED")}))}}
         },
         "security": secured(),
         "components": {
@@ -158,7 +186,7 @@ pub fn document() -> Value {
                     "status": {"type": "string", "description": "409 only: the job's status"},
                     "jobs": {"type": "array", "description": "batch 400 only: per-file errors"}}},
                 "Ticket": {"type": "object", "properties": {
-                    "job_id": {"type": "string", "format": "uuid"}, "status": {"const": "pending"},
+                    "job_id": {"type": "string", "format": "uuid"}, "status": {"enum": ["pending", "completed"], "description": "completed when answered from the result cache"},
                     "created_at": {"type": "string", "format": "date-time"}, "estimated_completion": {"type": "string", "format": "date-time"},
                     "priority": {"type": "string"}, "model_version": {"type": "string"}}},
                 "BatchItem": {"type": "object", "properties": {"index": {"type": "integer"}, "filename": {"type": ["string", "null"]},
@@ -180,6 +208,10 @@ pub fn document() -> Value {
                     "created_at": {"type": "string", "format": "date-time"}, "completed_at": {"type": "string", "format": "date-time"}}},
                 "Model": {"type": "object", "properties": {"version": {"type": "string"}, "default": {"type": "boolean"},
                     "loaded": {"type": "boolean"}, "input_width": {"type": "integer"}, "input_height": {"type": "integer"}, "description": {"type": "string"}}},
+                "WebhookDelivery": {"type": "object", "properties": {"event_id": {"type": "string"}, "job_id": {"type": "string"},
+                    "url": {"type": "string"}, "body": {"type": "string", "description": "the exact JSON body sent"}, "attempts": {"type": "integer"},
+                    "next_attempt_at": {"type": "string", "format": "date-time"}, "created_at": {"type": "string", "format": "date-time"},
+                    "last_error": {"type": ["string", "null"]}}},
                 "Health": {"type": "object", "properties": {"status": {"enum": ["healthy", "degraded", "unhealthy"]},
                     "timestamp": {"type": "string"}, "version": {"type": "string"}, "uptime": {"type": "number"},
                     "services": {"type": "object", "properties": {"queue": {"type": "object"}, "workers": {"type": "object"}, "models": {"type": "object"}}}}}

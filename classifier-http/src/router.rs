@@ -50,6 +50,14 @@ pub enum Handler {
     DeadLetters,
     /// `POST /api/v1/admin/dead-letters/{id}/retry`.
     RetryDeadLetter,
+    /// `POST /api/v1/admin/models/reload`.
+    ReloadModels,
+    /// `POST /api/v1/feedback`.
+    Feedback,
+    /// `GET /api/v1/feedback/count`.
+    FeedbackCount,
+    /// `GET /api/v1/admin/feedback/export`.
+    FeedbackExport,
 }
 
 /// One route.
@@ -133,6 +141,28 @@ pub const ROUTES: &[Route] = &[
         "/api/v1/admin/dead-letters/{id}/retry",
         Handler::RetryDeadLetter,
         Admin,
+        true,
+    ),
+    route(
+        "POST",
+        "/api/v1/admin/models/reload",
+        Handler::ReloadModels,
+        Admin,
+        true,
+    ),
+    route(
+        "GET",
+        "/api/v1/admin/feedback/export",
+        Handler::FeedbackExport,
+        Admin,
+        true,
+    ),
+    route("POST", "/api/v1/feedback", Handler::Feedback, Key, true),
+    route(
+        "GET",
+        "/api/v1/feedback/count",
+        Handler::FeedbackCount,
+        Key,
         true,
     ),
 ];

@@ -325,3 +325,42 @@ fn body_stream(
         },
     )
 }
+
+/// Read a small JSON body (`Content-Type: application/json`) of at most `max` bytes, with
+/// the same stall timeout as uploads. Not JSON is 415, too large 413, a stall 408, bad JSON
+/// 422.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    max: usize,
+    timeout: Duration,
+) -> Result<T> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(Error::UnsupportedMediaType(format!(
+            "expected an application/json body, got content type {:?}",
+            crate::router::truncate(content_type, 100)
+        )));
+    }
+    let flag = Arc::new(AtomicU8::new(BODY_OK));
+    let mut stream = std::pin::pin!(body_stream(req.into_body(), timeout, max, flag.clone()));
+    let mut body = Vec::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        match chunk {
+            Ok(bytes) => body.extend_from_slice(&bytes),
+            Err(e) => {
+                return Err(match flag.load(Ordering::Acquire) {
+                    BODY_TIMEOUT => Error::BodyTimeout(timeout),
+                    BODY_TOO_LARGE => too_large_body(max),
+                    _ => Error::Validation(format!("the request body could not be read: {e}")),
+                })
+            }
+        }
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| Error::Validation(format!("the body is not the expected JSON: {e}")))
+}

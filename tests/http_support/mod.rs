@@ -27,6 +27,13 @@ pub struct Options {
     pub http: HttpConfig,
     pub workers: usize,
     pub max_queue_depth: usize,
+    /// The backend (default: a fresh in-memory one with `max_queue_depth`).
+    pub backend: Option<Arc<dyn Backend>>,
+    /// Manifest file the registry reads and re-reads on reload (default: the usual search).
+    pub manifest_path: Option<PathBuf>,
+    /// Result cache TTL (default off, so that tests submitting one photo many times
+    /// exercise the queue; the cache has its own tests).
+    pub result_cache: Option<Duration>,
 }
 
 impl Default for Options {
@@ -41,6 +48,9 @@ impl Default for Options {
             },
             workers: 1,
             max_queue_depth: 10_000,
+            backend: None,
+            manifest_path: None,
+            result_cache: None,
         }
     }
 }
@@ -50,14 +60,22 @@ pub async fn start(options: Options) -> TestServer {
         max_depth: options.max_queue_depth,
         ..QueueConfig::default()
     };
-    let backend: Arc<dyn Backend> = classifier_queue::InMemoryBackend::new(queue, Ttls::default());
-    let service = Service::builder()
+    let backend: Arc<dyn Backend> = options
+        .backend
+        .clone()
+        .unwrap_or_else(|| classifier_queue::InMemoryBackend::new(queue, Ttls::default()));
+    let mut builder = Service::builder()
         .backend(backend)
         .workers(options.workers)
+        .result_cache(options.result_cache)
         .validation(ValidationConfig {
             max_file_size: options.http.max_file_size,
             ..ValidationConfig::default()
-        })
+        });
+    if let Some(path) = &options.manifest_path {
+        builder = builder.manifest_path(path);
+    }
+    let service = builder
         .build()
         .await
         .expect("service builds with the default model");

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod classify;
+pub mod feedback;
 pub mod health;
 pub mod jobs;
 pub mod models;

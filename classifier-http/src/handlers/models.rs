@@ -11,6 +11,10 @@ pub fn list(ctx: &Ctx) -> Response<Body> {
     let default = models.iter().find(|m| m.default).map(|m| m.version.clone());
     json_response(
         StatusCode::OK,
-        &serde_json::json!({"default": default, "models": models}),
+        &serde_json::json!({
+            "default": default,
+            "latest_weights": ctx.state.service.registry().latest_weights(),
+            "models": models,
+        }),
     )
 }
