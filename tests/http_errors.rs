@@ -269,6 +269,65 @@ async fn a_fifty_megabyte_upload_is_refused_early_and_the_connection_closed() {
     server.stop().await;
 }
 
+/// A body that stops flowing gets 408 REQUEST_TIMEOUT after `body_read_timeout`, and one that
+/// keeps flowing within it is accepted (both sides of the limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_408_and_a_flowing_one_is_accepted() {
+    let mut options = Options {
+        workers: 0,
+        ..Options::default()
+    };
+    options.http.body_read_timeout = Duration::from_millis(800);
+    let server = start(options).await;
+    let photo = sample("chelsea.png");
+    let boundary = "XBOUNDARYX";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"c.png\"\r\nContent-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(&photo);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let head = format!(
+        "POST /api/v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // `pause` between chunks: below the timeout the upload goes through, above it is 408.
+    async fn send(addr: std::net::SocketAddr, head: &str, body: &[u8], pause: Duration) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let half = body.len() / 2;
+        stream.write_all(&body[..half]).await.unwrap();
+        tokio::time::sleep(pause).await;
+        // The server may already have answered and closed: a failed write is fine.
+        let _ = stream.write_all(&body[half..]).await;
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        got.extend_from_slice(&buf[..n]);
+                        if String::from_utf8_lossy(&got).contains("\r\n\r\n{")
+                            && got.ends_with(b"}")
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        String::from_utf8_lossy(&got).into_owned()
+    }
+    let slow = send(server.addr, &head, &body, Duration::from_millis(2500)).await;
+    assert!(slow.starts_with("HTTP/1.1 408"), "{slow}");
+    assert!(slow.contains("REQUEST_TIMEOUT"), "{slow}");
+    let fine = send(server.addr, &head, &body, Duration::from_millis(200)).await;
+    assert!(fine.starts_with("HTTP/1.1 202"), "{fine}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_off() {
     let mut options = Options {
