@@ -5,7 +5,7 @@
 //! `From` impl below: an unreachable store becomes `BackendUnavailable` (retryable, HTTP
 //! 503), everything else `CorruptData` (a bug or a foreign writer, HTTP 500).
 
-use classifier_core::job::JobId;
+use classifier_core::job::{JobId, JobRecord, JobResult};
 
 /// Result alias used in this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -13,11 +13,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What can go wrong inside a backend of this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// `create` was given an id that is already stored or queued.
+    /// `create` or `create_finished` was given an id that is already stored or queued.
     #[error("job {0} already exists")]
     DuplicateJob(JobId),
 
-    /// `create` was given a record that is not a new job (revision 0, pending).
+    /// `create` was given a record that is not a new job (revision 0, pending), or
+    /// `create_finished` one that is not terminal or a result of another job.
     #[error("job {job_id} cannot be created: {reason}")]
     InvalidRecord {
         /// The job.
@@ -43,6 +44,22 @@ impl From<Error> for classifier_core::Error {
             other => classifier_core::Error::CorruptData(other.to_string()),
         }
     }
+}
+
+/// Check the arguments of `ResultCache::create_finished`: the record must be terminal and
+/// the result must be this job's.
+pub(crate) fn check_finished(record: &JobRecord, result: &JobResult) -> Result<()> {
+    let reason = if !record.status.is_terminal() {
+        format!("a finished job must be terminal, not {}", record.status)
+    } else if result.job_id != record.id {
+        format!("the result belongs to job {}", result.job_id)
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidRecord {
+        job_id: record.id,
+        reason,
+    })
 }
 
 #[cfg(test)]

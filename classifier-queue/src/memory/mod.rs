@@ -1,5 +1,7 @@
 //! The in-memory backend: the embedded default for a single process.
 //!
+//! The webhook outbox, feedback and the result cache are in [`extras`] (their own lock).
+//!
 //! One [`parking_lot::Mutex`] guards all state (records, payloads, results, the queue and its
 //! indexes, subscribers); every operation takes it once, for a few O(log n) map operations,
 //! and never across an `.await`. Expiry is lazy (reads check deadlines) plus purging at the
@@ -19,6 +21,7 @@
 //! - A status stream ends after it has delivered a terminal record, and a subscription to
 //!   a job that does not exist or is already terminal is an empty stream.
 
+mod extras;
 mod state;
 
 use std::pin::Pin;
@@ -45,7 +48,8 @@ use crate::error::Error;
 /// How long a worker counts as alive after its last heartbeat.
 pub const WORKER_TTL: Duration = Duration::from_secs(60);
 
-/// Job store, leased priority queue and status feed in the memory of this process.
+/// Job store, leased priority queue, status feed, webhook outbox, feedback and result cache
+/// in the memory of this process.
 ///
 /// Nothing survives a restart; for several processes use the Redis backend.
 pub struct InMemoryBackend {
@@ -55,6 +59,8 @@ pub struct InMemoryBackend {
     /// Wakes consumers waiting in `dequeue` when a job becomes ready.
     ready: Notify,
     workers: Mutex<Vec<(WorkerInfo, i64)>>,
+    /// The webhook outbox, feedback and result cache (see [`extras`]).
+    extras: Mutex<extras::Extras>,
 }
 
 impl std::fmt::Debug for InMemoryBackend {
@@ -98,6 +104,7 @@ impl InMemoryBackend {
             state: Mutex::new(State::new(config, ttls)),
             ready: Notify::new(),
             workers: Mutex::new(Vec::new()),
+            extras: Mutex::new(extras::Extras::default()),
         })
     }
 

@@ -338,6 +338,37 @@ impl State {
         Ok(())
     }
 
+    /// Store a finished job (a cache hit): its result (result TTL) and its terminal record
+    /// (status TTL, or as long as the result if completed), published to subscribers like a
+    /// swap; nothing is queued, so `max_depth` does not apply. `false` (and nothing stored)
+    /// if the id is already stored or queued.
+    pub(crate) fn create_finished(
+        &mut self,
+        record: &JobRecord,
+        result: &JobResult,
+        now: i64,
+    ) -> bool {
+        let id = record.id;
+        if self.get(id, now).is_some() || self.entries.contains_key(&id) {
+            return false;
+        }
+        // The result first, so a completed record's expiry follows it.
+        let key = (now.saturating_add(ms(self.ttls.result)), self.next_seq());
+        if let Some(old) = self.results.insert(
+            id,
+            Timed {
+                value: result.clone(),
+                expires: key,
+            },
+        ) {
+            self.result_exp.remove(&old.expires);
+        }
+        self.result_exp.insert(key, id);
+        self.store_record(record.clone(), now);
+        self.publish(record);
+        true
+    }
+
     pub(crate) fn get(&self, id: JobId, now: i64) -> Option<JobRecord> {
         self.records
             .get(&id)
