@@ -40,6 +40,11 @@ struct NameLabel {
     name: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
 /// Every metric the service exports.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -53,6 +58,9 @@ pub struct Metrics {
     models_loaded: Gauge,
     events: Family<NameLabel, Counter>,
     result_cache_hits: Counter,
+    webhook_attempts: Family<OutcomeLabel, Counter>,
+    webhooks_pending: Gauge,
+    webhook_dead_letters: Gauge,
     /// Kept so tests and health can read it without parsing.
     jobs_completed: AtomicU64,
 }
@@ -88,6 +96,9 @@ impl Metrics {
         let models_loaded = Gauge::default();
         let events = Family::<NameLabel, Counter>::default();
         let result_cache_hits = Counter::default();
+        let webhook_attempts = Family::<OutcomeLabel, Counter>::default();
+        let webhooks_pending = Gauge::default();
+        let webhook_dead_letters = Gauge::default();
         registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
@@ -138,6 +149,21 @@ impl Metrics {
             "Submissions answered from the result cache",
             result_cache_hits.clone(),
         );
+        registry.register(
+            "classifier_webhook_attempts",
+            "Webhook deliveries handled, by outcome (delivered, retry, dead, breaker_open)",
+            webhook_attempts.clone(),
+        );
+        registry.register(
+            "classifier_webhooks_pending",
+            "Webhook deliveries waiting in the outbox (sampled by the dispatcher)",
+            webhooks_pending.clone(),
+        );
+        registry.register(
+            "classifier_webhook_dead_letters",
+            "Webhook deliveries in the dead-letter list (sampled by the dispatcher)",
+            webhook_dead_letters.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             http_requests,
@@ -150,6 +176,9 @@ impl Metrics {
             models_loaded,
             events,
             result_cache_hits,
+            webhook_attempts,
+            webhooks_pending,
+            webhook_dead_letters,
             jobs_completed: AtomicU64::new(0),
         }
     }
@@ -222,6 +251,31 @@ impl Metrics {
     /// Count a result-cache hit.
     pub fn result_cache_hit(&self) {
         self.result_cache_hits.inc();
+    }
+
+    /// Count one webhook delivery handled with `outcome` (`delivered`, `retry`, `dead`,
+    /// `breaker_open`).
+    pub fn webhook_attempt(&self, outcome: &str) {
+        self.webhook_attempts
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// Webhook deliveries handled with `outcome` so far.
+    pub fn webhook_attempts(&self, outcome: &str) -> u64 {
+        self.webhook_attempts
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .get()
+    }
+
+    /// Set the webhook outbox gauges.
+    pub fn set_webhook_backlog(&self, pending: usize, dead_letters: usize) {
+        self.webhooks_pending.set(pending as i64);
+        self.webhook_dead_letters.set(dead_letters as i64);
     }
 
     /// Everything in the Prometheus text exposition format.
