@@ -86,7 +86,8 @@ pub struct Config {
         default_value_t = 10
     )]
     pub rate_limit_burst: u32,
-    /// HMAC secret for webhook signatures (webhooks arrive with a later issue).
+    /// HMAC secret for webhook signatures (unset = a random secret per process, with a
+    /// warning: receivers cannot verify those).
     #[arg(
         long = "webhook-secret",
         env = "WEBHOOK_SECRET",
@@ -96,6 +97,56 @@ pub struct Config {
     /// Allow webhook destinations on private networks (tests).
     #[arg(long = "webhook-allow-private", env = "WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
     pub webhook_allow_private: bool,
+    /// Attempts per webhook event before it is dead-lettered.
+    #[arg(
+        long = "webhook-max-attempts",
+        env = "WEBHOOK_MAX_ATTEMPTS",
+        default_value_t = 5
+    )]
+    pub webhook_max_attempts: u32,
+    /// Seconds one webhook attempt may take (resolve, connect, TLS, response headers).
+    #[arg(
+        long = "webhook-timeout",
+        env = "WEBHOOK_TIMEOUT_SECS",
+        default_value_t = 10.0
+    )]
+    pub webhook_timeout_secs: f64,
+    /// Backoff ceiling after the first failed webhook attempt, in ms (doubles per attempt,
+    /// full jitter).
+    #[arg(
+        long = "webhook-retry-base-ms",
+        env = "WEBHOOK_RETRY_BASE_MS",
+        default_value_t = 1000
+    )]
+    pub webhook_retry_base_ms: u64,
+    /// Largest webhook backoff ceiling, and cap on a receiver's Retry-After, in ms.
+    #[arg(
+        long = "webhook-retry-max-ms",
+        env = "WEBHOOK_RETRY_MAX_MS",
+        default_value_t = 300_000
+    )]
+    pub webhook_retry_max_ms: u64,
+    /// Consecutive failures that open a destination's circuit breaker (0 = no breaker).
+    #[arg(
+        long = "webhook-breaker-threshold",
+        env = "WEBHOOK_BREAKER_THRESHOLD",
+        default_value_t = 5
+    )]
+    pub webhook_breaker_threshold: u32,
+    /// Seconds an open circuit breaker holds a destination's deliveries back.
+    #[arg(
+        long = "webhook-breaker-cooldown",
+        env = "WEBHOOK_BREAKER_COOLDOWN_SECS",
+        default_value_t = 30.0
+    )]
+    pub webhook_breaker_cooldown_secs: f64,
+    /// How often the webhook outbox is polled when nothing is due, in ms.
+    #[arg(
+        long = "webhook-poll-interval-ms",
+        env = "WEBHOOK_POLL_INTERVAL_MS",
+        default_value_t = 500
+    )]
+    pub webhook_poll_interval_ms: u64,
     /// Log filter (`info`, `debug`, `classifier_http=debug,info`, ...).
     #[arg(long = "log-level", env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -182,6 +233,7 @@ impl Config {
         if self.rate_limit_per_minute > 0 && self.rate_limit_burst == 0 {
             return Err(Error::Config("RATE_LIMIT_BURST must be positive".into()));
         }
+        let webhook = self.webhook(secs)?;
         Ok(HttpConfig {
             max_file_size: self.max_file_size,
             max_batch_files: self.max_batch_files,
@@ -195,6 +247,43 @@ impl Config {
             body_read_timeout: secs("BODY_READ_TIMEOUT", self.body_read_timeout_secs)?,
             max_connections: self.max_connections,
             shutdown_timeout: secs("SHUTDOWN_TIMEOUT", self.shutdown_timeout_secs)?,
+            webhook,
+        })
+    }
+
+    /// The `WEBHOOK_*` settings, checked.
+    fn webhook(
+        &self,
+        secs: impl Fn(&str, f64) -> Result<Duration>,
+    ) -> Result<crate::webhook::WebhookConfig> {
+        if self.webhook_max_attempts == 0
+            || self.webhook_retry_base_ms == 0
+            || self.webhook_poll_interval_ms == 0
+        {
+            return Err(Error::Config(
+                "WEBHOOK_MAX_ATTEMPTS, WEBHOOK_RETRY_BASE_MS and WEBHOOK_POLL_INTERVAL_MS must be positive"
+                    .into(),
+            ));
+        }
+        if self.webhook_retry_max_ms < self.webhook_retry_base_ms {
+            return Err(Error::Config(
+                "WEBHOOK_RETRY_MAX_MS must be at least WEBHOOK_RETRY_BASE_MS".into(),
+            ));
+        }
+        Ok(crate::webhook::WebhookConfig {
+            secret: self.webhook_secret.clone().filter(|s| !s.trim().is_empty()),
+            allow_private: self.webhook_allow_private,
+            max_attempts: self.webhook_max_attempts,
+            timeout: secs("WEBHOOK_TIMEOUT_SECS", self.webhook_timeout_secs)?,
+            retry_base: Duration::from_millis(self.webhook_retry_base_ms),
+            retry_max: Duration::from_millis(self.webhook_retry_max_ms),
+            breaker_threshold: self.webhook_breaker_threshold,
+            breaker_cooldown: secs(
+                "WEBHOOK_BREAKER_COOLDOWN_SECS",
+                self.webhook_breaker_cooldown_secs,
+            )?,
+            poll_interval: Duration::from_millis(self.webhook_poll_interval_ms),
+            ..crate::webhook::WebhookConfig::default()
         })
     }
 }
@@ -227,6 +316,8 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Grace period for in-flight requests at shutdown.
     pub shutdown_timeout: Duration,
+    /// Webhook delivery and the SSRF guard of `callback_url`.
+    pub webhook: crate::webhook::WebhookConfig,
 }
 
 impl Default for HttpConfig {
@@ -244,6 +335,7 @@ impl Default for HttpConfig {
             body_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
             shutdown_timeout: Duration::from_secs(30),
+            webhook: crate::webhook::WebhookConfig::default(),
         }
     }
 }
@@ -272,5 +364,39 @@ mod tests {
         assert_eq!(h.rate_limit.per_minute, 0);
         assert_eq!(h.header_read_timeout, Duration::from_millis(1500));
         assert_eq!(h.max_file_size, 10_485_760);
+    }
+
+    #[test]
+    fn webhook_settings() {
+        let c = Config::try_parse_from(["server"]).unwrap();
+        let w = c.http().unwrap().webhook;
+        assert!(!w.allow_private);
+        assert_eq!(w.max_attempts, 5);
+        assert_eq!(w.timeout, Duration::from_secs(10));
+        assert_eq!(w.retry_base, Duration::from_millis(1000));
+        assert_eq!(w.retry_max, Duration::from_millis(300_000));
+        assert_eq!(w.breaker_threshold, 5);
+        assert_eq!(w.breaker_cooldown, Duration::from_secs(30));
+        let c = Config::try_parse_from([
+            "server",
+            "--webhook-secret",
+            "s3",
+            "--webhook-allow-private",
+            "true",
+            "--webhook-max-attempts",
+            "3",
+            "--webhook-retry-base-ms",
+            "50",
+            "--webhook-retry-max-ms",
+            "400",
+        ])
+        .unwrap();
+        let w = c.http().unwrap().webhook;
+        assert_eq!(w.secret.as_deref(), Some("s3"));
+        assert!(w.allow_private);
+        assert_eq!(w.max_attempts, 3);
+        assert_eq!(w.backoff().ceiling(10), Duration::from_millis(400));
+        let bad = Config::try_parse_from(["server", "--webhook-max-attempts", "0"]).unwrap();
+        assert!(bad.http().is_err());
     }
 }

@@ -14,6 +14,7 @@
 //! - [`error`]: the one place errors become status codes and the JSON error shape;
 //! - [`request_id`], [`auth`], [`rate_limit`], [`upload`], [`callback`]: request concerns;
 //! - [`handlers`]: one module per group of endpoints; [`ws`]: WebSocket status push;
+//! - [`webhook`]: the dispatcher that delivers signed webhooks from the backend's outbox;
 //! - [`openapi`]: the OpenAPI 3.1 document; [`logging`]: tracing setup.
 
 pub mod app;
@@ -31,6 +32,7 @@ pub mod router;
 pub mod server;
 pub mod state;
 pub mod upload;
+pub mod webhook;
 pub mod ws;
 
 pub use config::{Config, HttpConfig, LogFormat};

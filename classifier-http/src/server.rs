@@ -2,7 +2,8 @@
 //! (hyper-util's auto builder, with upgrades for WebSockets), the header-read timeout (which
 //! in hyper also closes idle keep-alive connections), and graceful shutdown: stop accepting,
 //! let in-flight requests finish (up to `shutdown_timeout`), close WebSockets with 1001, then
-//! [`Service::shutdown`].
+//! [`Service::shutdown`]. Every server also runs the webhook [`Dispatcher`] (API-only
+//! servers too: the outbox lives in the backend), stopped after the service.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,6 +28,7 @@ use crate::config::HttpConfig;
 use crate::error::Result;
 use crate::rate_limit::{InMemoryRateLimiter, RateLimitStore};
 use crate::state::AppState;
+use crate::webhook::Dispatcher;
 
 /// A server ready to run: the service, the settings and the rate-limit store.
 pub struct Server {
@@ -71,6 +73,7 @@ impl Server {
                 "AUTHENTICATION IS OFF: no API_KEYS or ADMIN_API_KEYS configured; every client can submit, read every job and call the admin routes"
             );
         }
+        let dispatcher = Dispatcher::start(self.service.clone(), self.config.webhook.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
         let (ws_tx, mut ws_rx) = mpsc::channel::<()>(1);
         let config = self.config.clone();
@@ -154,6 +157,7 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(5), ws_rx.recv()).await;
         tracing::info!("HTTP server stopped; shutting the service down");
         self.service.shutdown().await;
+        dispatcher.stop().await;
         Ok(())
     }
 }

@@ -46,7 +46,7 @@ pub fn check_model_version(ctx: &Ctx, requested: Option<String>) -> Result<Optio
 }
 
 /// The submit options from the form's option fields, each checked (422 on a bad one).
-pub fn submit_options(ctx: &Ctx, fields: OptionFields) -> Result<SubmitOptions> {
+pub async fn submit_options(ctx: &Ctx, fields: OptionFields) -> Result<SubmitOptions> {
     let priority = match fields.priority.as_deref().map(str::trim) {
         None | Some("") => Priority::default(),
         Some(p) => p.parse::<Priority>().map_err(|_| {
@@ -61,7 +61,9 @@ pub fn submit_options(ctx: &Ctx, fields: OptionFields) -> Result<SubmitOptions> 
         None => None,
         Some(u) if u.is_empty() => None,
         Some(u) => {
-            validate_callback_url(&u).map_err(Error::Validation)?;
+            validate_callback_url(&u, ctx.state.config.webhook.allow_private)
+                .await
+                .map_err(Error::Validation)?;
             Some(u)
         }
     };
@@ -100,7 +102,7 @@ fn ticket_json(ticket: &JobTicket) -> Result<serde_json::Value> {
 /// One image: 202 with the ticket and `Location: /api/v1/status/{id}`.
 pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<Body>> {
     let mut form = upload::read(req, Mode::Single, limits(ctx)).await?;
-    let options = submit_options(ctx, std::mem::take(&mut form.options))?;
+    let options = submit_options(ctx, std::mem::take(&mut form.options)).await?;
     let Some(file) = form.files.pop() else {
         return Err(Error::Validation("the form has no \"file\" field".into()));
     };
@@ -119,7 +121,7 @@ pub async fn submit_batch(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<
         max_files: ctx.state.config.max_batch_files,
     };
     let mut form = upload::read(req, mode, limits(ctx)).await?;
-    let options = submit_options(ctx, std::mem::take(&mut form.options))?;
+    let options = submit_options(ctx, std::mem::take(&mut form.options)).await?;
     let submissions = form.files.into_iter().map(|file| {
         let options = options.clone();
         let service = ctx.state.service.clone();
