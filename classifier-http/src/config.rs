@@ -52,6 +52,14 @@ pub struct Config {
         default_value_t = 3
     )]
     pub model_cache_size: usize,
+    /// Model manifest file, re-read by `POST /admin/models/reload` (default: the first
+    /// `manifest.toml` on the model search path, else the built-in one).
+    #[arg(long = "model-manifest", env = "MODEL_MANIFEST")]
+    pub model_manifest: Option<String>,
+    /// Answer an image identical (sha256) to one already classified with the same model
+    /// version from the result cache, without inference.
+    #[arg(long = "result-cache", env = "RESULT_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub result_cache: bool,
     /// Largest accepted image file, in bytes (exactly this size is accepted).
     #[arg(
         long = "max-file-size",

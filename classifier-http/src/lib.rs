@@ -17,6 +17,9 @@
 //! - [`webhook`]: the dispatcher that delivers signed webhooks from the backend's outbox;
 //! - [`openapi`]: the OpenAPI 3.1 document; [`logging`]: tracing setup.
 
+// The OpenAPI document is one large `json!` literal.
+#![recursion_limit = "512"]
+
 pub mod app;
 pub mod auth;
 pub mod callback;
