@@ -513,7 +513,7 @@ impl Service {
             JobId::new(),
             options,
             spec.entry.version.clone(),
-            hit.image_metadata.clone(),
+            hit.image_metadata,
             sha256,
             now,
         );
@@ -784,7 +784,7 @@ impl Service {
                 predictions: classification.predictions.clone(),
                 processing_time: 0.0,
                 model_version: classification.model_version.clone(),
-                image_metadata: classification.image_metadata.clone(),
+                image_metadata: classification.image_metadata,
                 created_at: now,
                 completed_at: now,
             };
