@@ -1,7 +1,7 @@
 //! `classifier-queue`: job-store and queue backends for the classifier service.
 //!
 //! Every backend implements the traits of [`classifier_core::backend`] (job store, leased
-//! priority queue, status feed) and passes the one conformance suite in
+//! priority queue, status feed, webhook outbox, feedback, result cache) and passes the one conformance suite in
 //! `tests/conformance/mod.rs`.
 //!
 //! - [`InMemoryBackend`]: the embedded default, one process, no persistence.

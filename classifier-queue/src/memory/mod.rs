@@ -1,6 +1,6 @@
 //! The in-memory backend: the embedded default for a single process.
 //!
-//! The webhook outbox, feedback and the result cache are in [`extras`] (their own lock).
+//! The webhook outbox, feedback and the result cache are in `memory/extras.rs` (their own lock).
 //!
 //! One [`parking_lot::Mutex`] guards all state (records, payloads, results, the queue and its
 //! indexes, subscribers); every operation takes it once, for a few O(log n) map operations,
@@ -59,7 +59,7 @@ pub struct InMemoryBackend {
     /// Wakes consumers waiting in `dequeue` when a job becomes ready.
     ready: Notify,
     workers: Mutex<Vec<(WorkerInfo, i64)>>,
-    /// The webhook outbox, feedback and result cache (see [`extras`]).
+    /// The webhook outbox, feedback and result cache (see `extras.rs`).
     extras: Mutex<extras::Extras>,
 }
 

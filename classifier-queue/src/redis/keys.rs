@@ -21,6 +21,13 @@
 //! | `{p}:q:clock`         | string | last enqueue time handed out (us), so no two are equal |
 //! | `{p}:workers:seen`, `{p}:workers:info` | sorted set / hash | worker heartbeats |
 //! | `{p}:rl:<bucket>`     | hash `tokens`, `ts` | an HTTP rate-limit bucket ([`super::RedisRateLimiter`]), expires when full |
+//! | `{p}:wh:pending`      | hash event_id -> JSON | pending webhook deliveries ([`WebhookDelivery`]) |
+//! | `{p}:wh:due`          | sorted set event_id -> due time (ms) | when each pending delivery is due (claims push it forward) |
+//! | `{p}:wh:dead`         | hash event_id -> JSON | dead-lettered webhook deliveries |
+//! | `{p}:wh:dead:order`   | sorted set event_id -> dead-letter time (ms, strictly increasing) | the webhook dead-letter list, oldest first |
+//! | `{p}:fb:entries`      | hash job_id -> JSON | feedback ([`FeedbackEntry`]), one per job, no TTL |
+//! | `{p}:fb:order`        | sorted set job_id -> first-given time (ms, strictly increasing) | feedback in the order first given |
+//! | `{p}:cache:<model_version>:<sha256>` | string (JSON), TTL as given | the result cache ([`JobResult`]) |
 //!
 //! # Redis Cluster
 //!
@@ -43,6 +50,9 @@
 //! [`Ttls::result`]: classifier_core::backend::Ttls::result
 //! [`Ttls::image`]: classifier_core::backend::Ttls::image
 //! [`QueueConfig::score`]: classifier_core::backend::QueueConfig::score
+//! [`WebhookDelivery`]: classifier_core::backend::WebhookDelivery
+//! [`FeedbackEntry`]: classifier_core::backend::FeedbackEntry
+//! [`JobResult`]: classifier_core::job::JobResult
 
 use classifier_core::job::JobId;
 
@@ -115,6 +125,29 @@ impl Keys {
         format!("{}:workers:info", self.tag)
     }
 
+    /// The webhook outbox keys, as the webhook scripts get them in `KEYS[1..=4]`: pending,
+    /// due, dead, dead order.
+    pub(crate) fn webhooks(&self) -> [String; 4] {
+        let t = &self.tag;
+        [
+            format!("{t}:wh:pending"),
+            format!("{t}:wh:due"),
+            format!("{t}:wh:dead"),
+            format!("{t}:wh:dead:order"),
+        ]
+    }
+
+    /// The feedback keys, as the feedback scripts get them in `KEYS[1..=2]`: entries, order.
+    pub(crate) fn feedback(&self) -> [String; 2] {
+        let t = &self.tag;
+        [format!("{t}:fb:entries"), format!("{t}:fb:order")]
+    }
+
+    /// The cached result of an image (by sha256) under a model version.
+    pub(crate) fn cache(&self, model_version: &str, image_sha256: &str) -> String {
+        format!("{}:cache:{model_version}:{image_sha256}", self.tag)
+    }
+
     /// The rate-limit bucket of `bucket` (e.g. `key:<owner>` or `ip:<addr>`).
     pub(crate) fn rate_limit(&self, bucket: &str) -> String {
         format!("{}:rl:{bucket}", self.tag)
@@ -135,9 +168,12 @@ mod tests {
             k.image(id),
             k.workers_seen(),
             k.rate_limit("ip:1"),
+            k.cache("v1", "ab"),
         ]
         .into_iter()
         .chain(k.queue())
+        .chain(k.webhooks())
+        .chain(k.feedback())
         {
             assert!(key.starts_with("{cls}:"), "{key}");
         }

@@ -2,6 +2,9 @@
 //! pub/sub in one Redis (or one Redis Cluster slot), shared by any number of API and worker
 //! processes.
 //!
+//! The webhook outbox, feedback and the result cache are in [`extras`](self) (see the module
+//! source): durable, under the same `{prefix}` tag.
+//!
 //! # Data structures
 //!
 //! The queue is made of **sorted sets**, not streams: a ready set per priority scored by
@@ -49,6 +52,7 @@
 //! (at once when the port is closed), never hang, never panic; the manager reconnects in the
 //! background and service resumes by itself when Redis is back.
 
+mod extras;
 mod feed;
 mod keys;
 mod rate_limit;

@@ -6,6 +6,10 @@
 //! `KEYS[1..=14]` (ready sets for ranks 0..=3 at 1..=4, delayed 5, leased 6, dead 7, prio 8,
 //! deliveries 9, tokens 10, deadinfo 11, seq 12, scores 13, clock 14) and job keys after them. Time is the server's (`TIME`), so
 //! workers on hosts with skewed clocks agree on lease expiry and retry times.
+//!
+//! The webhook scripts are the exception: a delivery's due time is the `next_attempt_at` its
+//! dispatcher wrote (wall-clock ms), so claims compare it with the dispatcher's clock
+//! (passed in `ARGV`), not the server's; dispatcher hosts are expected to be NTP-synced.
 
 use redis::Script;
 
@@ -309,6 +313,148 @@ end
 return out
 "#;
 
+/// Helpers of the webhook and feedback scripts (prepended to each).
+///
+/// `stamp(zset)` is the server time in ms, moved past the highest score in `zset`, so
+/// members added one after the other keep their order even within one millisecond (sorted
+/// sets would otherwise break ties by member).
+const STAMP: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local function num(n) return string.format('%.0f', n) end
+local function stamp(zset)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local last = redis.call('ZRANGE', zset, -1, -1, 'WITHSCORES')
+  if last[2] and tonumber(last[2]) >= now then now = tonumber(last[2]) + 1 end
+  return now
+end
+"#;
+
+/// Enqueue a webhook unless its event is pending or dead. KEYS: 1 pending, 2 due, 3 dead,
+/// 4 dead order. ARGV: event id, JSON, due ms. Returns 1 if added.
+const WH_ENQUEUE: &str = r#"
+local id = ARGV[1]
+if redis.call('HEXISTS', KEYS[1], id) == 1 or redis.call('HEXISTS', KEYS[3], id) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], id, ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], id)
+return 1
+"#;
+
+/// Claim due webhooks, earliest first: each one's due time becomes now + lease.
+/// KEYS: 1 pending, 2 due. ARGV: now ms, max, lease ms. Returns the claimed JSON documents
+/// (their stored `next_attempt_at` is stale: the due set is the truth).
+const WH_CLAIM: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local until_ms = num(tonumber(ARGV[1]) + tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  local json = redis.call('HGET', KEYS[1], id)
+  if json then
+    redis.call('ZADD', KEYS[2], until_ms, id)
+    out[#out + 1] = json
+  else
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
+return out
+"#;
+
+/// Forget a delivered webhook. KEYS: 1 pending, 2 due. ARGV: event id.
+const WH_COMPLETE: &str = r#"
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"#;
+
+/// Store a pending webhook's new state and due time; ignored if it is no longer pending.
+/// KEYS: 1 pending, 2 due. ARGV: event id, JSON, due ms. Returns 1 if stored.
+const WH_RESCHEDULE: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return 1
+"#;
+
+/// Move a pending webhook to the dead letters (as given); ignored if it is no longer
+/// pending. KEYS: 1 pending, 2 due, 3 dead, 4 dead order. ARGV: event id, JSON.
+/// Returns 1 if moved.
+const WH_DEAD_LETTER: &str = r#"
+local id = ARGV[1]
+if redis.call('HDEL', KEYS[1], id) == 0 then return 0 end
+redis.call('ZREM', KEYS[2], id)
+redis.call('HSET', KEYS[3], id, ARGV[2])
+redis.call('ZADD', KEYS[4], num(stamp(KEYS[4])), id)
+return 1
+"#;
+
+/// The webhook dead letters, oldest first. KEYS: 1 pending, 2 due, 3 dead, 4 dead order.
+/// Returns the JSON documents.
+const WH_DEAD_LETTERS: &str = r#"
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+  local json = redis.call('HGET', KEYS[3], id)
+  if json then out[#out + 1] = json end
+end
+return out
+"#;
+
+/// Move a dead-lettered webhook back to pending if its stored JSON is still `expected`
+/// (compare-and-set: the caller rewrote it with attempts 0 and the new due time).
+/// KEYS: 1 pending, 2 due, 3 dead, 4 dead order. ARGV: event id, expected JSON, new JSON,
+/// due ms. Returns 1 (moved), 0 (not dead-lettered) or 2 (changed meanwhile: read again).
+const WH_RETRY_DEAD: &str = r#"
+local id = ARGV[1]
+local cur = redis.call('HGET', KEYS[3], id)
+if not cur then return 0 end
+if cur ~= ARGV[2] then return 2 end
+redis.call('HDEL', KEYS[3], id)
+redis.call('ZREM', KEYS[4], id)
+redis.call('HSET', KEYS[1], id, ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], id)
+return 1
+"#;
+
+/// Store feedback, replacing the job's earlier entry (which keeps its place).
+/// KEYS: 1 entries, 2 order. ARGV: job id, JSON. Returns how many jobs have feedback.
+const FB_ADD: &str = r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  redis.call('ZADD', KEYS[2], num(stamp(KEYS[2])), ARGV[1])
+end
+return redis.call('HLEN', KEYS[1])
+"#;
+
+/// Feedback in the order first given, ranks `start..=stop`. KEYS: 1 entries, 2 order.
+/// ARGV: start, stop. Returns the JSON documents.
+const FB_ENTRIES: &str = r#"
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], ARGV[1], ARGV[2])) do
+  local json = redis.call('HGET', KEYS[1], id)
+  if json then out[#out + 1] = json end
+end
+return out
+"#;
+
+/// Store a finished job (a cache hit) and publish its record, like the CAS script: the
+/// result with the result TTL, the record with the status TTL (a completed one as long as
+/// its result). Refused if the job exists or is queued.
+/// KEYS: 1 status, 2 result, 3 queue scores. ARGV: id, rev, doc, status, status ttl ms,
+/// result ttl ms, result JSON, channel. Returns 1, or 0 if the job exists.
+const CREATE_FINISHED: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[6])
+redis.call('HSET', KEYS[1], 'rev', ARGV[2], 'status', ARGV[4], 'doc', ARGV[3])
+local ttl = tonumber(ARGV[5])
+if ARGV[4] == 'completed' and tonumber(ARGV[6]) > ttl then ttl = tonumber(ARGV[6]) end
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PUBLISH', ARGV[8], ARGV[3])
+return 1
+"#;
+
 /// All scripts, hashed once.
 pub(crate) struct Scripts {
     pub(crate) create: Script,
@@ -326,6 +472,20 @@ pub(crate) struct Scripts {
     pub(crate) put_result: Script,
     pub(crate) heartbeat: Script,
     pub(crate) workers: Script,
+    pub(crate) wh_enqueue: Script,
+    pub(crate) wh_claim: Script,
+    pub(crate) wh_complete: Script,
+    pub(crate) wh_reschedule: Script,
+    pub(crate) wh_dead_letter: Script,
+    pub(crate) wh_dead_letters: Script,
+    pub(crate) wh_retry_dead: Script,
+    pub(crate) fb_add: Script,
+    pub(crate) fb_entries: Script,
+    pub(crate) create_finished: Script,
+}
+
+fn stamp_script(body: &str) -> Script {
+    Script::new(&format!("{STAMP}\n{body}"))
 }
 
 fn queue_script(body: &str) -> Script {
@@ -350,6 +510,16 @@ impl Scripts {
             put_result: Script::new(PUT_RESULT),
             heartbeat: queue_script(HEARTBEAT),
             workers: queue_script(WORKERS),
+            wh_enqueue: Script::new(WH_ENQUEUE),
+            wh_claim: stamp_script(WH_CLAIM),
+            wh_complete: Script::new(WH_COMPLETE),
+            wh_reschedule: Script::new(WH_RESCHEDULE),
+            wh_dead_letter: stamp_script(WH_DEAD_LETTER),
+            wh_dead_letters: Script::new(WH_DEAD_LETTERS),
+            wh_retry_dead: Script::new(WH_RETRY_DEAD),
+            fb_add: stamp_script(FB_ADD),
+            fb_entries: Script::new(FB_ENTRIES),
+            create_finished: Script::new(CREATE_FINISHED),
         }
     }
 }
