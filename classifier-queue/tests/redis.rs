@@ -16,8 +16,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use classifier_core::backend::{
-    transition, Backend, CasOutcome, DeadLetter, JobQueue, JobStore, Lease, NackOutcome,
-    QueueConfig, QueueDepth, StatusFeed, StatusStream, Ttls, WorkerInfo,
+    transition, webhook_event_id, Backend, CasOutcome, DeadLetter, FeedbackEntry, FeedbackStore,
+    JobQueue, JobStore, Lease, NackOutcome, QueueConfig, QueueDepth, ResultCache, StatusFeed,
+    StatusStream, Ttls, WebhookDelivery, WebhookOutbox, WorkerInfo,
 };
 use classifier_core::job::tests_support::pending_job;
 use classifier_core::job::{JobEvent, JobId, JobRecord, JobResult, Priority};
@@ -159,6 +160,72 @@ impl JobQueue for Cleaned {
 impl StatusFeed for Cleaned {
     async fn subscribe(&self, id: JobId) -> Result<StatusStream> {
         self.inner.subscribe(id).await
+    }
+}
+
+#[async_trait]
+impl WebhookOutbox for Cleaned {
+    async fn enqueue_webhook(&self, delivery: &WebhookDelivery) -> Result<bool> {
+        self.inner.enqueue_webhook(delivery).await
+    }
+    async fn claim_webhooks(&self, max: usize, lease: Duration) -> Result<Vec<WebhookDelivery>> {
+        self.inner.claim_webhooks(max, lease).await
+    }
+    async fn complete_webhook(&self, event_id: &str) -> Result<()> {
+        self.inner.complete_webhook(event_id).await
+    }
+    async fn reschedule_webhook(&self, delivery: &WebhookDelivery) -> Result<()> {
+        self.inner.reschedule_webhook(delivery).await
+    }
+    async fn dead_letter_webhook(&self, delivery: &WebhookDelivery) -> Result<()> {
+        self.inner.dead_letter_webhook(delivery).await
+    }
+    async fn pending_webhooks(&self) -> Result<usize> {
+        self.inner.pending_webhooks().await
+    }
+    async fn webhook_dead_letters(&self) -> Result<Vec<WebhookDelivery>> {
+        self.inner.webhook_dead_letters().await
+    }
+    async fn retry_webhook_dead_letter(&self, event_id: &str) -> Result<bool> {
+        self.inner.retry_webhook_dead_letter(event_id).await
+    }
+}
+
+#[async_trait]
+impl FeedbackStore for Cleaned {
+    async fn add_feedback(&self, entry: &FeedbackEntry) -> Result<u64> {
+        self.inner.add_feedback(entry).await
+    }
+    async fn feedback_count(&self) -> Result<u64> {
+        self.inner.feedback_count().await
+    }
+    async fn feedback_entries(&self, offset: usize, limit: usize) -> Result<Vec<FeedbackEntry>> {
+        self.inner.feedback_entries(offset, limit).await
+    }
+}
+
+#[async_trait]
+impl ResultCache for Cleaned {
+    async fn cached_result(
+        &self,
+        image_sha256: &str,
+        model_version: &str,
+    ) -> Result<Option<JobResult>> {
+        self.inner.cached_result(image_sha256, model_version).await
+    }
+    async fn cache_result(
+        &self,
+        image_sha256: &str,
+        model_version: &str,
+        result: &JobResult,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.inner
+            .cache_result(image_sha256, model_version, result, ttl)
+            .await
+    }
+    async fn create_finished(&self, record: &JobRecord, result: &JobResult) -> Result<()> {
+        self.inner.create_finished(record, result).await
     }
 }
 
@@ -348,6 +415,40 @@ async fn every_key_is_hash_tagged_with_the_prefix() {
         })
         .await
         .unwrap();
+    let (hook, dead) = (sample_delivery(), sample_delivery());
+    backend.enqueue_webhook(&hook).await.unwrap();
+    backend.enqueue_webhook(&dead).await.unwrap();
+    backend.dead_letter_webhook(&dead).await.unwrap();
+    backend
+        .add_feedback(&FeedbackEntry {
+            job_id: job.id,
+            predicted_class_id: 1,
+            predicted_class_name: "a".into(),
+            predicted_confidence: 0.5,
+            correct_class_id: 2,
+            correct_class_name: "b".into(),
+            model_version: "m".into(),
+            image_sha256: job.image_sha256.clone(),
+            owner: None,
+            created_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    backend
+        .cache_result(
+            &job.image_sha256,
+            "m",
+            &sample_result(&job),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let mut finished = pending_job();
+    finished.status = classifier_core::job::JobStatus::Completed;
+    backend
+        .create_finished(&finished, &sample_result(&finished))
+        .await
+        .unwrap();
     let mut conn = raw().await;
     let tag = backend.inner.key_prefix().to_string();
     assert_eq!(tag, format!("{{{}}}", backend.prefix));
@@ -356,7 +457,7 @@ async fn every_key_is_hash_tagged_with_the_prefix() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!(keys.len() >= 8, "{keys:?}");
+    assert!(keys.len() >= 16, "{keys:?}");
     for key in &keys {
         assert!(
             key.starts_with(&format!("{tag}:")),
@@ -671,4 +772,179 @@ async fn outage_gives_backend_unavailable_then_recovers() {
         .await
         .expect("pushed after recovery");
     assert_eq!(pushed.map(|r| r.revision), Some(1));
+}
+
+fn sample_result(job: &JobRecord) -> JobResult {
+    JobResult {
+        job_id: job.id,
+        predictions: vec![],
+        processing_time: 0.1,
+        model_version: job.model_version.clone(),
+        image_metadata: job.image,
+        created_at: job.created_at,
+        completed_at: chrono::Utc::now(),
+    }
+}
+
+fn sample_delivery() -> WebhookDelivery {
+    let job_id = JobId::new();
+    WebhookDelivery {
+        event_id: webhook_event_id(job_id, "job.failed"),
+        job_id,
+        url: "http://127.0.0.1:9/hook".into(),
+        body: r#"{"event":"job.failed"}"#.into(),
+        attempts: 0,
+        next_attempt_at: chrono::Utc::now(),
+        created_at: chrono::Utc::now(),
+        last_error: None,
+    }
+}
+
+/// The outbox, feedback and cache are in Redis: a new backend on the same prefix (a
+/// restarted process) sees everything, under the documented tagged keys and TTLs.
+#[tokio::test]
+async fn outbox_feedback_and_cache_survive_a_restart() {
+    let first = cleaned(QueueConfig::default(), Ttls::default()).await;
+    let (pending, dead) = (sample_delivery(), sample_delivery());
+    assert!(first.enqueue_webhook(&pending).await.unwrap());
+    assert!(first.enqueue_webhook(&dead).await.unwrap());
+    let mut dead_as_given = dead.clone();
+    dead_as_given.attempts = 5;
+    dead_as_given.last_error = Some("HTTP 502".into());
+    first.dead_letter_webhook(&dead_as_given).await.unwrap();
+    let job = pending_job();
+    let entry = FeedbackEntry {
+        job_id: job.id,
+        predicted_class_id: 1,
+        predicted_class_name: "goldfish".into(),
+        predicted_confidence: 0.5,
+        correct_class_id: 2,
+        correct_class_name: "great white shark".into(),
+        model_version: job.model_version.clone(),
+        image_sha256: job.image_sha256.clone(),
+        owner: None,
+        created_at: chrono::Utc::now(),
+    };
+    assert_eq!(first.add_feedback(&entry).await.unwrap(), 1);
+    let result = sample_result(&job);
+    first
+        .cache_result(&job.image_sha256, "v1:2", &result, Duration::from_secs(600))
+        .await
+        .unwrap();
+
+    let second = connect(&first.prefix, QueueConfig::default(), Ttls::default()).await;
+    assert_eq!(second.pending_webhooks().await.unwrap(), 1);
+    assert_eq!(
+        second.webhook_dead_letters().await.unwrap(),
+        vec![dead_as_given]
+    );
+    let claimed = second
+        .claim_webhooks(10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].event_id, pending.event_id);
+    assert_eq!(second.feedback_count().await.unwrap(), 1);
+    assert_eq!(second.feedback_entries(0, 10).await.unwrap(), vec![entry]);
+    assert_eq!(
+        second
+            .cached_result(&job.image_sha256, "v1:2")
+            .await
+            .unwrap(),
+        Some(result)
+    );
+
+    let tag = first.inner.key_prefix().to_string();
+    let mut conn = raw().await;
+    let cache_key = format!("{tag}:cache:v1:2:{}", job.image_sha256);
+    assert_about(
+        pttl(&mut conn, &cache_key).await,
+        Duration::from_secs(600),
+        "cache entry",
+    );
+    for key in [
+        "wh:pending",
+        "wh:due",
+        "wh:dead",
+        "wh:dead:order",
+        "fb:entries",
+        "fb:order",
+    ] {
+        let key = format!("{tag}:{key}");
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(exists, 1, "{key}");
+        assert_eq!(pttl(&mut conn, &key).await, -1, "{key} must not expire");
+    }
+}
+
+/// `create_finished` publishes the record on the job's channel like a compare-and-set, and
+/// stores record and result with the TTLs of a completed job.
+#[tokio::test]
+async fn create_finished_publishes_and_sets_ttls() {
+    let backend = cleaned(QueueConfig::default(), Ttls::default()).await;
+    let tag = backend.inner.key_prefix().to_string();
+    let mut record = pending_job();
+    record.apply(&JobEvent::Start, chrono::Utc::now()).unwrap();
+    record
+        .apply(&JobEvent::Complete, chrono::Utc::now())
+        .unwrap();
+    let result = sample_result(&record);
+
+    let client = redis::Client::open(redis_url().as_str()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    let channel = format!("{tag}:job:{}:events", record.id);
+    pubsub.subscribe(&channel).await.unwrap();
+    backend.create_finished(&record, &result).await.unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(2), pubsub.on_message().next())
+        .await
+        .expect("the record is published")
+        .expect("a message");
+    let payload: String = message.get_payload().unwrap();
+    let published: JobRecord = serde_json::from_str(&payload).unwrap();
+    assert_eq!(published, record);
+
+    let mut conn = raw().await;
+    assert_about(
+        pttl(&mut conn, &format!("{tag}:job:{}:result", record.id)).await,
+        Duration::from_secs(86_400),
+        "result",
+    );
+    assert_about(
+        pttl(&mut conn, &format!("{tag}:job:{}:status", record.id)).await,
+        Duration::from_secs(86_400),
+        "a completed record lives as long as its result",
+    );
+    // The revision is stored for later compare-and-sets, like any record.
+    let rev: String = redis::cmd("HGET")
+        .arg(format!("{tag}:job:{}:status", record.id))
+        .arg("rev")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rev, record.revision.to_string());
+
+    // A failed one keeps the status TTL.
+    let mut failed = pending_job();
+    failed.apply(&JobEvent::Start, chrono::Utc::now()).unwrap();
+    failed
+        .apply(
+            &JobEvent::Fail {
+                message: "bad".into(),
+            },
+            chrono::Utc::now(),
+        )
+        .unwrap();
+    backend
+        .create_finished(&failed, &sample_result(&failed))
+        .await
+        .unwrap();
+    assert_about(
+        pttl(&mut conn, &format!("{tag}:job:{}:status", failed.id)).await,
+        Duration::from_secs(3600),
+        "a failed record has the status TTL",
+    );
 }

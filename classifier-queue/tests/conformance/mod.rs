@@ -29,7 +29,8 @@ use chrono::Utc;
 use futures_util::StreamExt;
 
 use classifier_core::backend::{
-    transition, Backend, CasOutcome, NackOutcome, QueueConfig, Ttls, WorkerInfo,
+    transition, webhook_event_id, Backend, CasOutcome, FeedbackEntry, NackOutcome, QueueConfig,
+    Ttls, WebhookDelivery, WorkerInfo,
 };
 use classifier_core::job::tests_support::pending_job;
 use classifier_core::job::{JobEvent, JobId, JobRecord, JobResult, JobStatus, Priority, Stage};
@@ -63,6 +64,13 @@ macro_rules! conformance_suite {
             delete_payload,
             extend_keeps_lease_alive,
             heartbeat_and_workers,
+            webhook_enqueue_is_idempotent,
+            webhook_claim_hides_for_the_lease,
+            webhook_reschedule_and_complete,
+            webhook_dead_letters_oldest_first_and_retry,
+            feedback_replaces_per_job_in_first_given_order,
+            result_cache_hits_per_image_and_model_and_expires,
+            create_finished_stores_without_queueing,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -1042,4 +1050,507 @@ where
     let mine: Vec<_> = workers.iter().filter(|w| w.id == id).collect();
     assert_eq!(mine.len(), 1, "one entry per worker: {workers:?}");
     assert_eq!(mine[0].in_flight, 2);
+}
+
+// ----- webhook outbox, feedback, result cache ------------------------------------------------
+
+/// A `job.completed` delivery for a fresh job id, due at `due`.
+fn delivery(due: chrono::DateTime<Utc>) -> WebhookDelivery {
+    let job_id = JobId::new();
+    let event_id = webhook_event_id(job_id, "job.completed");
+    WebhookDelivery {
+        body: format!(r#"{{"event":"job.completed","event_id":"{event_id}"}}"#),
+        event_id,
+        job_id,
+        url: "http://127.0.0.1:9/hook".into(),
+        attempts: 0,
+        next_attempt_at: due,
+        created_at: Utc::now(),
+        last_error: None,
+    }
+}
+
+fn later(d: Duration) -> chrono::DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(d).unwrap()
+}
+
+fn earlier(d: Duration) -> chrono::DateTime<Utc> {
+    Utc::now() - chrono::Duration::from_std(d).unwrap()
+}
+
+fn ids(deliveries: &[WebhookDelivery]) -> Vec<&str> {
+    deliveries.iter().map(|d| d.event_id.as_str()).collect()
+}
+
+/// The same event id is enqueued once: a second enqueue is `false` while it is pending and
+/// while it is dead-lettered, and it is still one event after a retry.
+pub async fn webhook_enqueue_is_idempotent<F, Fut>(factory: F)
+where
+    F: Fn(QueueConfig, Ttls) -> Fut,
+    Fut: Future<Output = Arc<dyn Backend>>,
+{
+    let backend = factory(config(), ttls()).await;
+    let d = delivery(Utc::now());
+    assert!(backend.enqueue_webhook(&d).await.unwrap());
+    let mut again = d.clone();
+    again.body = "different".into();
+    assert!(
+        !backend.enqueue_webhook(&again).await.unwrap(),
+        "same event_id while pending"
+    );
+    assert_eq!(backend.pending_webhooks().await.unwrap(), 1);
+    let other = delivery(Utc::now());
+    assert!(backend.enqueue_webhook(&other).await.unwrap());
+    assert_eq!(backend.pending_webhooks().await.unwrap(), 2);
+
+    let claimed = backend.claim_webhooks(10, ms(30_000)).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let first = claimed.iter().find(|c| c.event_id == d.event_id).unwrap();
+    assert_eq!(first.body, d.body, "the first body is kept");
+    backend.dead_letter_webhook(first).await.unwrap();
+    assert_eq!(backend.pending_webhooks().await.unwrap(), 1);
+    assert!(
+        !backend.enqueue_webhook(&d).await.unwrap(),
+        "same event_id while dead-lettered"
+    );
+    assert_eq!(backend.pending_webhooks().await.unwrap(), 1);
+    assert_eq!(backend.webhook_dead_letters().await.unwrap().len(), 1);
+
+    assert!(backend
+        .retry_webhook_dead_letter(&d.event_id)
+        .await
+        .unwrap());
+    assert!(!backend.enqueue_webhook(&d).await.unwrap());
+    assert_eq!(backend.pending_webhooks().await.unwrap(), 2);
+    assert!(backend.webhook_dead_letters().await.unwrap().is_empty());
+
+    // Once delivered (completed), the id is free again.
+    backend.complete_webhook(&d.event_id).await.unwrap();
+    assert_eq!(backend.pending_webhooks().await.unwrap(), 1);
+    assert!(backend.enqueue_webhook(&d).await.unwrap());
+}
+
+/// Claims return only due deliveries, earliest first, at most `max`; a claimed delivery is
+/// hidden for the lease and comes back by itself after it.
+pub async fn webhook_claim_hides_for_the_lease<F, Fut>(factory: F)
+where
+    F: Fn(QueueConfig, Ttls) -> Fut,
+    Fut: Future<Output = Arc<dyn Backend>>,
+{
+    let backend = factory(config(), ttls()).await;
+    let now_due = delivery(earlier(ms(1000)));
+    let older = delivery(earlier(ms(5000)));
+    let future = delivery(later(Duration::from_secs(30)));
+    for d in [&now_due, &older, &future] {
+        assert!(backend.enqueue_webhook(d).await.unwrap());
+    }
+    assert!(backend.claim_webhooks(0, ms(200)).await.unwrap().is_empty());
+
+    let before = Utc::now();
+    let one = backend.claim_webhooks(1, ms(200)).await.unwrap();
+    assert_eq!(
+        ids(&one),
+        [older.event_id.as_str()],
+        "earliest first, max 1"
+    );
+    let lease_end = one[0].next_attempt_at;
+    assert!(
+        lease_end >= before + chrono::Duration::milliseconds(150)
+            && lease_end <= Utc::now() + chrono::Duration::milliseconds(1000),
+        "a claim moves the due time to now + lease: {lease_end} (claimed at {before})"
+    );
+    assert_eq!(one[0].attempts, 0, "claiming is not an attempt");
+    assert_eq!(one[0].body, older.body);
+    assert_eq!(one[0].url, older.url);
+    assert_eq!(one[0].job_id, older.job_id);
+
+    // Claim the next one a little later, so its lease ends later (equal due times have no
+    // specified order).
+    tokio::time::sleep(ms(20)).await;
+    let rest = backend.claim_webhooks(10, ms(200)).await.unwrap();
+    assert_eq!(
+        ids(&rest),
+        [now_due.event_id.as_str()],
+        "the claimed one is hidden, the future one is not due"
+    );
+    assert!(backend
+        .claim_webhooks(10, ms(200))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        backend.pending_webhooks().await.unwrap(),
+        3,
+        "claims stay pending"
+    );
+
+    tokio::time::sleep(ms(450)).await;
+    let back = backend.claim_webhooks(10, ms(200)).await.unwrap();
+    assert_eq!(
+        ids(&back),
+        [older.event_id.as_str(), now_due.event_id.as_str()],
+        "both come back after their lease, still earliest first"
+    );
+    assert!(backend
+        .claim_webhooks(10, ms(200))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Rescheduling stores attempts and last_error and moves the due time; completing forgets the
+/// delivery; rescheduling a delivery that is no longer pending is ignored.
+pub async fn webhook_reschedule_and_complete<F, Fut>(factory: F)
+where
+    F: Fn(QueueConfig, Ttls) -> Fut,
+    Fut: Future<Output = Arc<dyn Backend>>,
+{
+    let backend = factory(config(), ttls()).await;
+    let d = delivery(Utc::now());
+    assert!(backend.enqueue_webhook(&d).await.unwrap());
+    let mut claimed = backend
+        .claim_webhooks(10, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .pop()
+        .expect("due now");
+    claimed.attempts = 1;
+    claimed.last_error = Some("HTTP 503".into());
+    claimed.next_attempt_at = later(ms(300));
+    backend.reschedule_webhook(&claimed).await.unwrap();
+    assert!(
+        backend
+            .claim_webhooks(10, ms(200))
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due before its new time"
+    );
+    tokio::time::sleep(ms(450)).await;
+    let retried = backend
+        .claim_webhooks(10, ms(200))
+        .await
+        .unwrap()
+        .pop()
+        .expect("due at its new time, earlier than the 30 s claim lease");
+    assert_eq!(retried.attempts, 1);
+    assert_eq!(retried.last_error.as_deref(), Some("HTTP 503"));
+
+    // Reschedule far away, then back to now: the due time follows.
+    let mut far = retried.clone();
+    far.next_attempt_at = later(Duration::from_secs(60));
+    backend.reschedule_webhook(&far).await.unwrap();
+    tokio::time::sleep(ms(300)).await;
+    assert!(backend
+        .claim_webhooks(10, ms(200))
+        .await
+        .unwrap()
+        .is_empty());
+    let mut soon = far.clone();
+    soon.attempts = 2;
+    soon.next_attempt_at = Utc::now();
+    backend.reschedule_webhook(&soon).await.unwrap();
+    let again = backend.claim_webhooks(10, ms(200)).await.unwrap();
+    assert_eq!(ids(&again), [d.event_id.as_str()]);
+    assert_eq!(again[0].attempts, 2);
+
+    backend.complete_webhook(&d.event_id).await.unwrap();
+    backend.complete_webhook(&d.event_id).await.unwrap(); // idempotent
+    assert_eq!(backend.pending_webhooks().await.unwrap(), 0);
+    // A late reschedule (e.g. from a dispatcher whose claim expired) must not revive it.
+    backend.reschedule_webhook(&soon).await.unwrap();
+    assert_eq!(backend.pending_webhooks().await.unwrap(), 0);
+    tokio::time::sleep(ms(300)).await;
+    assert!(backend
+        .claim_webhooks(10, ms(200))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(backend.webhook_dead_letters().await.unwrap().is_empty());
+}
+
+/// Dead-lettering moves a delivery (as given) out of pending into a list kept oldest first;
+/// a retry brings it back due now with attempts 0; unknown ids are `false`.
+pub async fn webhook_dead_letters_oldest_first_and_retry<F, Fut>(factory: F)
+where
+    F: Fn(QueueConfig, Ttls) -> Fut,
+    Fut: Future<Output = Arc<dyn Backend>>,
+{
+    let backend = factory(config(), ttls()).await;
+    let (a, b, c) = (
+        delivery(Utc::now()),
+        delivery(Utc::now()),
+        delivery(Utc::now()),
+    );
+    for d in [&a, &b, &c] {
+        assert!(backend.enqueue_webhook(d).await.unwrap());
+    }
+    let mut dead_b = b.clone();
+    dead_b.attempts = 5;
+    dead_b.last_error = Some("connection refused".into());
+    backend.dead_letter_webhook(&dead_b).await.unwrap();
+    assert_eq!(backend.pending_webhooks().await.unwrap(), 2);
+    let mut dead_a = a.clone();
+    dead_a.attempts = 5;
+    dead_a.last_error = Some("HTTP 500".into());
+    backend.dead_letter_webhook(&dead_a).await.unwrap();
+    assert_eq!(backend.pending_webhooks().await.unwrap(), 1);
+    assert_eq!(
+        backend.webhook_dead_letters().await.unwrap(),
+        vec![dead_b.clone(), dead_a.clone()],
+        "stored as given, oldest first"
+    );
+    // Dead letters are not claimed.
+    let claimed = backend.claim_webhooks(10, ms(30_000)).await.unwrap();
+    assert_eq!(ids(&claimed), [c.event_id.as_str()]);
+    // An event that is no longer pending is not dead-lettered.
+    backend.complete_webhook(&c.event_id).await.unwrap();
+    backend.dead_letter_webhook(&c).await.unwrap();
+    assert_eq!(backend.webhook_dead_letters().await.unwrap().len(), 2);
+    assert_eq!(backend.pending_webhooks().await.unwrap(), 0);
+
+    assert!(!backend
+        .retry_webhook_dead_letter("evt_unknown")
+        .await
+        .unwrap());
+    assert!(!backend
+        .retry_webhook_dead_letter(&c.event_id)
+        .await
+        .unwrap());
+    assert!(backend
+        .retry_webhook_dead_letter(&b.event_id)
+        .await
+        .unwrap());
+    assert!(
+        !backend
+            .retry_webhook_dead_letter(&b.event_id)
+            .await
+            .unwrap(),
+        "no longer dead-lettered"
+    );
+    assert_eq!(backend.webhook_dead_letters().await.unwrap(), vec![dead_a]);
+    assert_eq!(backend.pending_webhooks().await.unwrap(), 1);
+    let back = backend.claim_webhooks(10, ms(200)).await.unwrap();
+    assert_eq!(ids(&back), [b.event_id.as_str()], "due now");
+    assert_eq!(back[0].attempts, 0, "attempts reset");
+    assert_eq!(back[0].body, b.body);
+    assert_eq!(back[0].url, b.url);
+}
+
+fn feedback(job_id: JobId, correct: usize) -> FeedbackEntry {
+    FeedbackEntry {
+        job_id,
+        predicted_class_id: 281,
+        predicted_class_name: "tabby".into(),
+        predicted_confidence: 0.75,
+        correct_class_id: correct,
+        correct_class_name: format!("class {correct}"),
+        model_version: "test-model".into(),
+        image_sha256: "ab".repeat(32),
+        owner: Some("owner-1".into()),
+        created_at: Utc::now(),
+    }
+}
+
+/// One entry per job (a new one replaces the old and keeps its place), listed in the order
+/// first given, with offset and limit; the count is the number of jobs.
+pub async fn feedback_replaces_per_job_in_first_given_order<F, Fut>(factory: F)
+where
+    F: Fn(QueueConfig, Ttls) -> Fut,
+    Fut: Future<Output = Arc<dyn Backend>>,
+{
+    let backend = factory(config(), ttls()).await;
+    assert_eq!(backend.feedback_count().await.unwrap(), 0);
+    assert!(backend.feedback_entries(0, 10).await.unwrap().is_empty());
+    let jobs: Vec<JobId> = (0..4).map(|_| JobId::new()).collect();
+    let mut entries = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        let e = feedback(*job, i);
+        assert_eq!(backend.add_feedback(&e).await.unwrap(), i as u64 + 1);
+        entries.push(e);
+    }
+    let replaced = feedback(jobs[1], 999);
+    assert_eq!(
+        backend.add_feedback(&replaced).await.unwrap(),
+        4,
+        "a replacement does not count twice"
+    );
+    entries[1] = replaced;
+    assert_eq!(backend.feedback_count().await.unwrap(), 4);
+    assert_eq!(backend.feedback_entries(0, 100).await.unwrap(), entries);
+    assert_eq!(
+        backend.feedback_entries(1, 2).await.unwrap(),
+        entries[1..3].to_vec()
+    );
+    assert_eq!(
+        backend.feedback_entries(3, 10).await.unwrap(),
+        entries[3..].to_vec()
+    );
+    assert!(backend.feedback_entries(4, 10).await.unwrap().is_empty());
+    assert!(backend.feedback_entries(0, 0).await.unwrap().is_empty());
+    assert_eq!(
+        backend
+            .feedback_entries(usize::MAX, usize::MAX)
+            .await
+            .unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        backend.feedback_entries(2, usize::MAX).await.unwrap(),
+        entries[2..].to_vec()
+    );
+}
+
+/// Results are cached per (image, model version) and expire after their TTL.
+pub async fn result_cache_hits_per_image_and_model_and_expires<F, Fut>(factory: F)
+where
+    F: Fn(QueueConfig, Ttls) -> Fut,
+    Fut: Future<Output = Arc<dyn Backend>>,
+{
+    let backend = factory(config(), ttls()).await;
+    let job = pending_job();
+    let (sha_a, sha_b) = ("a".repeat(64), "b".repeat(64));
+    let r1 = result_for(&job, "tabby");
+    let mut r2 = result_for(&job, "tiger");
+    r2.model_version = "other-model".into();
+    assert_eq!(backend.cached_result(&sha_a, "m1").await.unwrap(), None);
+    backend
+        .cache_result(&sha_a, "m1", &r1, ms(300))
+        .await
+        .unwrap();
+    backend
+        .cache_result(&sha_a, "m2", &r2, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.cached_result(&sha_a, "m1").await.unwrap().as_ref(),
+        Some(&r1)
+    );
+    assert_eq!(
+        backend.cached_result(&sha_a, "m2").await.unwrap().as_ref(),
+        Some(&r2)
+    );
+    assert_eq!(backend.cached_result(&sha_b, "m1").await.unwrap(), None);
+    assert_eq!(backend.cached_result(&sha_b, "m2").await.unwrap(), None);
+    tokio::time::sleep(ms(500)).await;
+    assert_eq!(
+        backend.cached_result(&sha_a, "m1").await.unwrap(),
+        None,
+        "expired after its TTL"
+    );
+    assert_eq!(
+        backend.cached_result(&sha_a, "m2").await.unwrap().as_ref(),
+        Some(&r2),
+        "another model's entry has its own TTL"
+    );
+    // Caching again replaces the entry and its TTL.
+    backend
+        .cache_result(&sha_a, "m2", &r1, ms(300))
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.cached_result(&sha_a, "m2").await.unwrap().as_ref(),
+        Some(&r1)
+    );
+    tokio::time::sleep(ms(500)).await;
+    assert_eq!(backend.cached_result(&sha_a, "m2").await.unwrap(), None);
+}
+
+/// A finished job (a cache hit) is stored with its result and readable at once, without
+/// queueing anything or counting against `max_depth`; a completed one lives as long as its
+/// result; subscriptions never hang; a second one with the same id, a non-terminal record
+/// and another job's result are refused.
+pub async fn create_finished_stores_without_queueing<F, Fut>(factory: F)
+where
+    F: Fn(QueueConfig, Ttls) -> Fut,
+    Fut: Future<Output = Arc<dyn Backend>>,
+{
+    let cfg = QueueConfig {
+        max_depth: 1,
+        ..config()
+    };
+    let short = Ttls {
+        status: ms(300),
+        result: Duration::from_secs(30),
+        image: Duration::from_secs(30),
+    };
+    let backend = factory(cfg, short).await;
+    let queued = create(&backend, Priority::Normal).await; // the queue is full now
+    let depth = backend.depth().await.unwrap();
+
+    let mut record = pending_job();
+    record.apply(&JobEvent::Start, Utc::now()).unwrap();
+    record.apply(&JobEvent::Complete, Utc::now()).unwrap();
+    let result = result_for(&record, "tabby");
+    let mut early = backend.subscribe(record.id).await.unwrap();
+    backend.create_finished(&record, &result).await.unwrap();
+
+    assert_eq!(
+        backend.get(record.id).await.unwrap().as_ref(),
+        Some(&record)
+    );
+    assert_eq!(
+        backend.get_result(record.id).await.unwrap().as_ref(),
+        Some(&result)
+    );
+    assert_eq!(backend.depth().await.unwrap(), depth, "nothing queued");
+    assert!(backend.payload(record.id).await.unwrap().is_none());
+    // A subscription taken before may see the record (nothing else), and then ends.
+    loop {
+        match tokio::time::timeout(ms(2000), early.next()).await {
+            Ok(Some(pushed)) => assert_eq!(pushed, record),
+            Ok(None) => break,
+            Err(_) => panic!("a stream of a finished job must end"),
+        }
+    }
+    let mut late = backend.subscribe(record.id).await.unwrap();
+    assert!(tokio::time::timeout(ms(2000), late.next())
+        .await
+        .expect("a stream of a finished job ends at once")
+        .is_none());
+
+    // Refusals, none of which stores anything.
+    let mut other = result.clone();
+    other.predictions.clear();
+    assert!(backend.create_finished(&record, &other).await.is_err());
+    assert_eq!(
+        backend.get_result(record.id).await.unwrap().as_ref(),
+        Some(&result),
+        "the first stays"
+    );
+    let pending = pending_job();
+    assert!(backend
+        .create_finished(&pending, &result_for(&pending, "x"))
+        .await
+        .is_err());
+    assert!(backend.get(pending.id).await.unwrap().is_none());
+    let mut mismatched = pending_job();
+    mismatched.apply(&JobEvent::Start, Utc::now()).unwrap();
+    mismatched.apply(&JobEvent::Complete, Utc::now()).unwrap();
+    assert!(backend.create_finished(&mismatched, &result).await.is_err());
+    assert!(backend.get(mismatched.id).await.unwrap().is_none());
+    let mut queued_done = queued.clone();
+    queued_done.status = JobStatus::Completed;
+    assert!(
+        backend
+            .create_finished(&queued_done, &result_for(&queued, "x"))
+            .await
+            .is_err(),
+        "an existing job is not overwritten"
+    );
+    assert_eq!(
+        backend.get(queued.id).await.unwrap().map(|r| r.status),
+        Some(JobStatus::Pending)
+    );
+    assert_eq!(backend.depth().await.unwrap(), depth);
+
+    // A completed record lives as long as its result, not the (short) status TTL.
+    tokio::time::sleep(ms(500)).await;
+    assert_eq!(
+        backend.get(record.id).await.unwrap().as_ref(),
+        Some(&record)
+    );
+    let lease = dequeue_one(&backend, ms(0)).await.expect("the queued job");
+    assert_eq!(lease.job_id, queued.id, "the finished job was never queued");
+    assert!(dequeue_one(&backend, ms(0)).await.is_none());
 }
