@@ -18,6 +18,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::image::DecodedImage;
 
 /// Memory layout of the input tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -191,6 +192,54 @@ impl Preprocessor {
         Ok(())
     }
 
+    /// [`run`](Self::run) for a [`DecodedImage`], which may have been decoded at reduced size
+    /// ([`ValidationConfig::decode_for`](crate::image::ValidationConfig::decode_for)): the
+    /// resize and crop geometry comes from the full size in its metadata, so the crop covers
+    /// exactly the part of the photo it covers after a full-size decode.
+    pub fn run_decoded(&self, decoded: &DecodedImage) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; self.spec.tensor_len()];
+        let cropped = self.resize_and_crop_decoded(decoded)?;
+        self.normalize(cropped.buffer(), &mut out);
+        Ok(out)
+    }
+
+    /// [`crop`](Self::crop) for a [`DecodedImage`] (see [`run_decoded`](Self::run_decoded)).
+    ///
+    /// ```
+    /// use classifier_core::image::ValidationConfig;
+    /// use classifier_core::preprocess::{PreprocessSpec, Preprocessor};
+    /// let pre = Preprocessor::new(PreprocessSpec::imagenet()).unwrap();
+    /// let mut jpeg = std::io::Cursor::new(Vec::new());
+    /// image::RgbImage::from_fn(2400, 1200, |x, y| image::Rgb([(x / 10) as u8, (y / 5) as u8, 90]))
+    ///     .write_to(&mut jpeg, image::ImageFormat::Jpeg)
+    ///     .unwrap();
+    /// let validation = ValidationConfig::default();
+    /// let reduced = validation.decode_for(jpeg.get_ref(), 256).unwrap();
+    /// assert_eq!(reduced.scale_denom, 2);
+    /// let full = validation.decode(jpeg.get_ref()).unwrap();
+    /// let (a, b) = (pre.crop_decoded(&reduced).unwrap(), pre.crop(&full.rgb).unwrap());
+    /// assert!(a.iter().zip(&b).all(|(x, y)| x.abs_diff(*y) <= 3));
+    /// ```
+    pub fn crop_decoded(&self, decoded: &DecodedImage) -> Result<Vec<u8>> {
+        Ok(self.resize_and_crop_decoded(decoded)?.into_vec())
+    }
+
+    fn resize_and_crop_decoded(&self, decoded: &DecodedImage) -> Result<Image<'static>> {
+        let denom = decoded.scale_denom;
+        if denom <= 1 {
+            return self.resize_and_crop(&decoded.rgb);
+        }
+        let (w, h) = (decoded.metadata.width, decoded.metadata.height);
+        if decoded.rgb.dimensions() != (w.div_ceil(denom), h.div_ceil(denom)) {
+            return Err(Error::Preprocess(format!(
+                "a {w}x{h} image at 1/{denom} scale cannot be {}x{} pixels",
+                decoded.rgb.width(),
+                decoded.rgb.height()
+            )));
+        }
+        self.resize_and_crop_scaled(&decoded.rgb, w, h, f64::from(denom))
+    }
+
     /// Number of bytes of one crop: interleaved RGB8, `input_width * input_height * 3`.
     pub fn crop_len(&self) -> usize {
         self.spec.tensor_len()
@@ -237,16 +286,31 @@ impl Preprocessor {
     /// image.
     fn resize_and_crop(&self, rgb: &RgbImage) -> Result<Image<'static>> {
         let (w, h) = rgb.dimensions();
+        self.resize_and_crop_scaled(rgb, w, h, 1.0)
+    }
+
+    /// Resample the crop window of a `full_w` x `full_h` image, of which `rgb` holds the
+    /// pixels at `1 / denom` scale (pixel `i` of `rgb` covers full-size pixels
+    /// `[i * denom, (i + 1) * denom)`).
+    fn resize_and_crop_scaled(
+        &self,
+        rgb: &RgbImage,
+        full_w: u32,
+        full_h: u32,
+        denom: f64,
+    ) -> Result<Image<'static>> {
+        let (w, h) = rgb.dimensions();
         let (cw, ch) = (self.spec.input_width, self.spec.input_height);
-        let g = Geometry::for_image(w, h, &self.spec);
+        let g = Geometry::for_image(full_w, full_h, &self.spec);
         let src = ImageRef::new(w, h, rgb.as_raw(), PixelType::U8x3)
             .map_err(|e| Error::Preprocess(e.to_string()))?;
         let mut dst = Image::new(cw, ch, PixelType::U8x3);
         // Output pixel x of the resized image samples the source at (x + 0.5) * w / rw, so the
-        // crop window [left, left + cw) of the resized image is the source box below.
+        // crop window [left, left + cw) of the resized image is the source box below (in
+        // `rgb`'s pixels: full-size coordinates divided by `denom`).
         let (sx, sy) = (
-            f64::from(w) / f64::from(g.resized_width),
-            f64::from(h) / f64::from(g.resized_height),
+            f64::from(full_w) / f64::from(g.resized_width) / denom,
+            f64::from(full_h) / f64::from(g.resized_height) / denom,
         );
         // Two separable passes in Pillow's order, horizontal first, each rounding to u8 (for
         // u8 images fast_image_resize would otherwise run the vertical pass first, and the

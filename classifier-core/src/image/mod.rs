@@ -1,6 +1,7 @@
 //! Untrusted image bytes in, oriented 8-bit RGB out: format sniffing, validation, decoding.
 
 mod format;
+mod jpeg_scaled;
 mod validate;
 
 pub use format::{sniff, ImageFormat, Sniffed};
