@@ -8,10 +8,23 @@
 //! input, so the files in `tests/fuzz_regressions/` are a spread of its mutated corpus
 //! (corrupt PNG chunks, truncated JPEG scans, broken WebP headers, ...), kept as regression
 //! inputs for the error paths.
+//!
+//! Run of the reduced-size JPEG decoder (`decode_for`), later the same day on another machine:
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run -s none -a decode_preprocess CORPUS SEEDS --
+//! -max_total_time=720 -max_len=300000` (no sanitizer: the decoder has no `unsafe`; `-a` keeps
+//! overflow checks and debug assertions on), seeded as before plus small JPEGs of every
+//! subsampling, gray, progressive and EXIF-rotated. It found `crash-jpeg-cut-segment-after-scan`
+//! after 160,129 executions: a table segment cut short after the scan, accepted by the reduced
+//! decoder and refused by the full one (fixed: the segments after the scan are now checked).
+//! The second run after the fix: 410,613 executions in 721 s (569 exec/s), 4,495 coverage
+//! points, no failure.
 
 use classifier_core::image::ValidationConfig;
 use classifier_core::preprocess::{PreprocessSpec, Preprocessor};
 
+/// The fuzz target's checks: a typed result from `decode` and from `decode_for` (with the
+/// ImageNet resize, and with a tiny model so that small JPEGs take the reduced-size decoder),
+/// and `decode_for` never accepts what `decode` refuses, nor reports other metadata.
 #[test]
 fn every_kept_fuzz_input_gives_a_typed_result() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_regressions");
@@ -23,14 +36,35 @@ fn every_kept_fuzz_input_gives_a_typed_result() {
     assert!(!inputs.is_empty(), "no inputs in {dir:?}");
     let validation = ValidationConfig::default();
     let pre = Preprocessor::new(PreprocessSpec::imagenet()).expect("spec");
+    let tiny = Preprocessor::new(PreprocessSpec {
+        input_width: 8,
+        input_height: 8,
+        resize_shorter: 8,
+        ..PreprocessSpec::imagenet()
+    })
+    .expect("tiny spec");
     for path in inputs {
         let bytes = std::fs::read(&path).expect("read input");
-        match validation.decode(&bytes) {
+        let full = validation.decode(&bytes);
+        match &full {
             Ok(decoded) => {
                 let tensor = pre.run(&decoded.rgb).expect("decoded images preprocess");
                 assert!(tensor.iter().all(|v| v.is_finite()), "{path:?}");
             }
             Err(e) => assert!(e.is_invalid_image(), "{path:?}: {e}"),
+        }
+        for p in [&pre, &tiny] {
+            match validation.decode_for(&bytes, p.spec().resize_shorter) {
+                Ok(decoded) => {
+                    let Ok(reference) = &full else {
+                        panic!("{path:?}: decode_for accepted what decode refused");
+                    };
+                    assert_eq!(decoded.metadata, reference.metadata, "{path:?}");
+                    let tensor = p.run_decoded(&decoded).expect("decoded images preprocess");
+                    assert!(tensor.iter().all(|v| v.is_finite()), "{path:?}");
+                }
+                Err(e) => assert!(e.is_invalid_image(), "{path:?}: {e}"),
+            }
         }
     }
 }

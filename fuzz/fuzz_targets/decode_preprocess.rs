@@ -4,6 +4,12 @@
 //! allocation. The limits are the defaults except for the decoder allocation limit, lowered to
 //! 64 MiB so that libFuzzer's 2 GiB RSS limit is never the thing that stops a legitimately
 //! bounded decode (the default 256 MiB per image is a production setting, not a bug).
+//!
+//! Three paths are driven with every input: the full-size decode with the ImageNet
+//! preprocessing, `decode_for` with the ImageNet resize (reduced JPEG decoding for large
+//! photos), and `decode_for` for a tiny model (resize 8, crop 8x8) so that the reduced-size
+//! JPEG decoder (`image/jpeg_scaled.rs`) runs on the small files a fuzzer makes: any JPEG of
+//! at least 32 pixels on its shorter side is then decoded at 1/2, 1/4 or 1/8.
 
 #![no_main]
 
@@ -13,23 +19,59 @@ use classifier_core::image::ValidationConfig;
 use classifier_core::preprocess::{PreprocessSpec, Preprocessor};
 use libfuzzer_sys::fuzz_target;
 
-fn setup() -> &'static (ValidationConfig, Preprocessor) {
-    static SETUP: OnceLock<(ValidationConfig, Preprocessor)> = OnceLock::new();
+struct Setup {
+    validation: ValidationConfig,
+    imagenet: Preprocessor,
+    tiny: Preprocessor,
+}
+
+fn setup() -> &'static Setup {
+    static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
         let validation = ValidationConfig {
             max_decode_alloc: 64 * 1024 * 1024,
             ..ValidationConfig::default()
         };
-        let pre = Preprocessor::new(PreprocessSpec::imagenet()).expect("imagenet spec");
-        (validation, pre)
+        let imagenet = Preprocessor::new(PreprocessSpec::imagenet()).expect("imagenet spec");
+        let tiny = Preprocessor::new(PreprocessSpec {
+            input_width: 8,
+            input_height: 8,
+            resize_shorter: 8,
+            ..PreprocessSpec::imagenet()
+        })
+        .expect("tiny spec");
+        Setup {
+            validation,
+            imagenet,
+            tiny,
+        }
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let (validation, pre) = setup();
-    let _ = validation.inspect(data);
-    if let Ok(decoded) = validation.decode(data) {
-        let tensor = pre.run(&decoded.rgb).expect("a decoded image always preprocesses");
+    let s = setup();
+    let _ = s.validation.inspect(data);
+    let full = s.validation.decode(data);
+    if let Ok(decoded) = &full {
+        let tensor = s
+            .imagenet
+            .run(&decoded.rgb)
+            .expect("a decoded image always preprocesses");
         assert!(tensor.iter().all(|v| v.is_finite()));
+    }
+    for pre in [&s.imagenet, &s.tiny] {
+        let resize = pre.spec().resize_shorter;
+        if let Ok(decoded) = s.validation.decode_for(data, resize) {
+            // Same image as the full decode: same metadata (full size), and a reduced image
+            // is accepted only where the full decoder accepts the file too.
+            let full = full
+                .as_ref()
+                .expect("decode_for accepted what decode refused");
+            assert_eq!(decoded.metadata, full.metadata);
+            let tensor = pre
+                .run_decoded(&decoded)
+                .expect("a decoded image always preprocesses");
+            assert!(tensor.iter().all(|v| v.is_finite()));
+        }
     }
 });

@@ -338,6 +338,37 @@ fn be16(bytes: &[u8], pos: usize) -> Res<usize> {
     }
 }
 
+/// The marker at `pos` (after any number of 0xFF fill bytes); `pos` moves past it.
+/// `at_end` says what is missing if the file ends first.
+fn next_marker(bytes: &[u8], pos: &mut usize, at_end: &'static str) -> Res<u8> {
+    match bytes.get(*pos) {
+        Some(0xFF) => *pos += 1,
+        Some(_) => return corrupt("expected a marker"),
+        None => return corrupt(at_end),
+    }
+    while bytes.get(*pos) == Some(&0xFF) {
+        *pos += 1;
+    }
+    let Some(&marker) = bytes.get(*pos) else {
+        return corrupt(at_end);
+    };
+    *pos += 1;
+    Ok(marker)
+}
+
+/// The payload of the marker segment whose length field is at `pos`, and that length
+/// (which counts the length field itself).
+fn marker_segment(bytes: &[u8], pos: usize) -> Res<(&[u8], usize)> {
+    let len = be16(bytes, pos)?;
+    if len < 2 {
+        return corrupt("bad marker segment length");
+    }
+    match bytes.get(pos + 2..pos + len) {
+        Some(segment) => Ok((segment, len)),
+        None => corrupt("truncated marker segment"),
+    }
+}
+
 fn parse_header(bytes: &[u8]) -> Res<Header> {
     if bytes.get(0..2) != Some(&[0xFF, 0xD8]) {
         return corrupt("no start-of-image marker");
@@ -355,32 +386,14 @@ fn parse_header(bytes: &[u8]) -> Res<Header> {
     };
     let mut pos = 2;
     loop {
-        // Markers may be preceded by any number of 0xFF fill bytes.
-        match bytes.get(pos) {
-            Some(0xFF) => pos += 1,
-            Some(_) => return corrupt("expected a marker"),
-            None => return corrupt("no scan before the end of the file"),
-        }
-        while bytes.get(pos) == Some(&0xFF) {
-            pos += 1;
-        }
-        let Some(&marker) = bytes.get(pos) else {
-            return corrupt("no scan before the end of the file");
-        };
-        pos += 1;
+        let marker = next_marker(bytes, &mut pos, "no scan before the end of the file")?;
         if matches!(marker, 0x01 | 0xD0..=0xD7) {
             continue; // standalone markers
         }
         if marker == 0xD9 {
             return corrupt("end of image before any scan");
         }
-        let len = be16(bytes, pos)?;
-        if len < 2 {
-            return corrupt("bad marker segment length");
-        }
-        let Some(segment) = bytes.get(pos + 2..pos + len) else {
-            return corrupt("truncated marker segment");
-        };
+        let (segment, len) = marker_segment(bytes, pos)?;
         match marker {
             0xC0 | 0xC1 => parse_sof(segment, &mut h)?,
             0xC2 | 0xC6 | 0xCA | 0xCE => return Err(ScaledError::Unsupported("progressive")),
@@ -535,8 +548,9 @@ fn parse_sos(s: &[u8], h: &mut Header) -> Res<()> {
 /// Copy the entropy-coded data of the scan starting at `start` without its byte stuffing.
 ///
 /// Returns the data and, for each RST marker met, the offset in the data where the next
-/// restart interval begins. Stops at the first other marker (or the end of the file).
-fn unstuff(bytes: &[u8], start: usize, out: &mut Vec<u8>, restarts: &mut Vec<usize>) {
+/// restart interval begins. Stops at the first other marker (or the end of the file) and
+/// returns its position.
+fn unstuff(bytes: &[u8], start: usize, out: &mut Vec<u8>, restarts: &mut Vec<usize>) -> usize {
     let mut pos = start;
     loop {
         let rest = bytes.get(pos..).unwrap_or(&[]);
@@ -545,7 +559,7 @@ fn unstuff(bytes: &[u8], start: usize, out: &mut Vec<u8>, restarts: &mut Vec<usi
         pos += run;
         // bytes[pos] is 0xFF (or the end).
         let Some(&next) = bytes.get(pos + 1) else {
-            return;
+            return pos;
         };
         match next {
             0x00 => {
@@ -557,7 +571,25 @@ fn unstuff(bytes: &[u8], start: usize, out: &mut Vec<u8>, restarts: &mut Vec<usi
                 restarts.push(out.len());
                 pos += 2;
             }
-            _ => return,
+            _ => return pos,
+        }
+    }
+}
+
+/// Checks what follows the scan's entropy-coded data, from `pos`: only well-formed table,
+/// restart-interval, application and comment segments, then the end-of-image marker.
+///
+/// The full-size decoder reads these too and refuses a file whose trailing segments are cut
+/// or which holds a second frame or scan, so the reduced decoder must not accept such a file
+/// either: a truncated segment is an error, and anything that would carry more image data is
+/// left to the full-size decoder.
+fn check_trailer(bytes: &[u8], mut pos: usize) -> Res<()> {
+    loop {
+        match next_marker(bytes, &mut pos, "no end-of-image marker after the scan")? {
+            0xD9 => return Ok(()),
+            0x01 | 0xD0..=0xD7 => continue,
+            0xC4 | 0xDB | 0xDC | 0xDD | 0xE0..=0xEF | 0xFE => pos += marker_segment(bytes, pos)?.1,
+            _ => return Err(ScaledError::Unsupported("more than one scan or frame")),
         }
     }
 }
@@ -862,7 +894,8 @@ pub(crate) fn decode(bytes: &[u8], denom: usize, max_alloc: u64) -> Res<Scaled> 
 
     let mut data = Vec::with_capacity(scan_len + PADDING);
     let mut restarts = Vec::new();
-    unstuff(bytes, header.scan_start, &mut data, &mut restarts);
+    let scan_end = unstuff(bytes, header.scan_start, &mut data, &mut restarts);
+    check_trailer(bytes, scan_end)?;
     let data_len = data.len();
     data.extend_from_slice(&[0; PADDING]);
 
@@ -1358,5 +1391,45 @@ mod tests {
         let bytes = encode(&image);
         assert_eq!(decode(&bytes, 2, 10_000).unwrap_err(), ScaledError::Limit);
         assert!(decode(&bytes, 2, 1 << 24).is_ok());
+    }
+
+    /// What follows the scan is read like the full-size decoder reads it (found by fuzzing:
+    /// a cut table segment after the scan was accepted here and refused by zune-jpeg).
+    #[test]
+    fn segments_after_the_scan_are_checked() {
+        let image = image::DynamicImage::ImageRgb8(image::RgbImage::new(64, 48));
+        let bytes = encode(&image);
+        assert_eq!(&bytes[bytes.len() - 2..], &[0xFF, 0xD9]);
+        let body = &bytes[..bytes.len() - 2];
+        let with = |tail: &[u8]| [body, tail].concat();
+        assert!(decode(&bytes, 2, 1 << 24).is_ok());
+        // A comment and a restart-interval segment, then EOI: fine.
+        let ok = with(&[
+            0xFF, 0xFE, 0, 4, b'h', b'i', 0xFF, 0xDD, 0, 4, 0, 0, 0xFF, 0xD9,
+        ]);
+        assert!(decode(&ok, 2, 1 << 24).is_ok());
+        // A Huffman table segment that claims more bytes than the file has: corrupt.
+        let cut = with(&[0xFF, 0xC4, 0, 40, 0x10, 1, 2, 0xFF, 0xD9]);
+        assert!(matches!(
+            decode(&cut, 2, 1 << 24),
+            Err(ScaledError::Corrupt(_))
+        ));
+        // No end-of-image marker: corrupt. Another frame or scan: left to the full decoder.
+        assert!(matches!(
+            decode(body, 2, 1 << 24),
+            Err(ScaledError::Corrupt(_))
+        ));
+        let frame = with(&[
+            0xFF, 0xC0, 0, 11, 8, 0, 16, 0, 16, 1, 1, 0x11, 0, 0xFF, 0xD9,
+        ]);
+        assert!(matches!(
+            decode(&frame, 2, 1 << 24),
+            Err(ScaledError::Unsupported(_))
+        ));
+        let scan = with(&[0xFF, 0xDA, 0, 8, 1, 1, 0, 0, 63, 0, 0xFF, 0xD9]);
+        assert!(matches!(
+            decode(&scan, 2, 1 << 24),
+            Err(ScaledError::Unsupported(_))
+        ));
     }
 }
