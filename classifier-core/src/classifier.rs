@@ -237,11 +237,15 @@ impl Classifier {
     }
 
     /// Validate, decode and preprocess one image: everything but inference.
+    ///
+    /// Large baseline JPEGs are decoded at a reduced size in the DCT domain when that keeps
+    /// enough pixels for the resize (see [`ValidationConfig::decode_for`]).
     pub fn prepare(&self, bytes: &[u8]) -> Result<PreparedImage> {
         let started = Instant::now();
-        let decoded = self.inner.validation.decode(bytes)?;
+        let resize_shorter = self.inner.preprocessor.spec().resize_shorter;
+        let decoded = self.inner.validation.decode_for(bytes, resize_shorter)?;
         let decoded_at = Instant::now();
-        let tensor = self.inner.preprocessor.run(&decoded.rgb)?;
+        let tensor = self.inner.preprocessor.run_decoded(&decoded)?;
         Ok(PreparedImage {
             tensor,
             metadata: decoded.metadata,

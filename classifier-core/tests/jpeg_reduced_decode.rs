@@ -422,3 +422,30 @@ fn formats_the_reduced_path_does_not_handle_decode_at_full_size() {
     assert!(d.rgb.get_pixel(3, 3).0[2] > 200 && d.rgb.get_pixel(3, 3).0[0] < 60);
     assert!(d.rgb.get_pixel(20, 28).0[1] > 200 && d.rgb.get_pixel(20, 28).0[2] < 60);
 }
+
+/// `Classifier::prepare` (and so `classify`, the CLI and the batch API) takes the reduced
+/// path for a large JPEG: its tensor is the reduced decode's, not the full decode's, and the
+/// metadata still gives the full size.
+#[test]
+fn classifier_prepare_uses_the_reduced_decode() {
+    let validation = ValidationConfig::default();
+    let classifier = common::classifier("latest");
+    let pre = classifier.preprocessor().clone();
+    let bytes = jpeg(&upscaled("dog.jpg", 1200));
+    let reduced = validation
+        .decode_for(&bytes, pre.spec().resize_shorter)
+        .expect("reduced decode");
+    assert_eq!(reduced.scale_denom, 2, "1200 / 2 = 600 >= 2 * 256");
+    let full = validation.decode(&bytes).expect("full decode");
+    let full_tensor = pre.run(&full.rgb).unwrap();
+    let reduced_tensor = pre.run_decoded(&reduced).unwrap();
+    assert_ne!(full_tensor, reduced_tensor, "the two paths differ slightly");
+
+    let prepared = classifier.prepare(&bytes).expect("prepare");
+    assert_eq!(prepared.tensor, reduced_tensor);
+    assert_eq!(prepared.metadata, full.metadata);
+    assert_eq!(prepared.metadata.height.min(prepared.metadata.width), 1200);
+    let classified = classifier.classify(&bytes).expect("classify");
+    let full_top1 = top5(&classifier.engine().run(full_tensor, 1).unwrap())[0];
+    assert_eq!(classified.predictions[0].class_id, full_top1);
+}

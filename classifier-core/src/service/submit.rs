@@ -21,18 +21,22 @@ pub(crate) struct PreparedUpload {
     pub decode: Duration,
 }
 
-/// Validate and fully decode `bytes` (so corrupt or truncated data fails here, with
-/// `INVALID_IMAGE`), then resize and center-crop for `preprocessor`. Blocking: run it with
-/// `spawn_blocking`.
+/// Validate and decode `bytes` (so corrupt or truncated data fails here, with
+/// `INVALID_IMAGE`), then resize and center-crop for `preprocessor`. Large baseline JPEGs are
+/// decoded at a reduced size in the DCT domain when that keeps enough pixels for the resize
+/// ([`ValidationConfig::decode_for`]); whatever the reduced decoder cannot read goes to the
+/// full-size decoder, so a damaged file is refused just the same. `sha256` is the digest of `bytes` if the caller already
+/// computed it. Blocking: run it with `spawn_blocking`.
 pub(crate) fn prepare_upload(
     validation: &ValidationConfig,
     preprocessor: &Preprocessor,
     bytes: &[u8],
+    sha256: Option<String>,
 ) -> Result<PreparedUpload> {
     let started = Instant::now();
-    let decoded = validation.decode(bytes)?;
+    let decoded = validation.decode_for(bytes, preprocessor.spec().resize_shorter)?;
     let decode = started.elapsed();
-    let pixels = preprocessor.crop(&decoded.rgb)?;
+    let pixels = preprocessor.crop_decoded(&decoded)?;
     let spec = preprocessor.spec();
     let crop = CropPayload {
         width: spec.input_width,
@@ -42,7 +46,7 @@ pub(crate) fn prepare_upload(
     };
     Ok(PreparedUpload {
         metadata: decoded.metadata,
-        sha256: sha256_hex(bytes),
+        sha256: sha256.unwrap_or_else(|| sha256_hex(bytes)),
         crop,
         decode,
     })
@@ -53,8 +57,17 @@ pub(crate) async fn prepare_upload_blocking(
     validation: ValidationConfig,
     preprocessor: Preprocessor,
     bytes: bytes::Bytes,
+    sha256: Option<String>,
 ) -> Result<PreparedUpload> {
-    tokio::task::spawn_blocking(move || prepare_upload(&validation, &preprocessor, &bytes))
+    tokio::task::spawn_blocking(move || prepare_upload(&validation, &preprocessor, &bytes, sha256))
         .await
         .map_err(|e| Error::Preprocess(format!("preparation task failed: {e}")))?
+}
+
+/// The sha256 (hex) of `bytes`, computed on tokio's blocking pool (a large upload would
+/// otherwise hold a reactor thread for milliseconds).
+pub(crate) async fn sha256_blocking(bytes: bytes::Bytes) -> Result<String> {
+    tokio::task::spawn_blocking(move || sha256_hex(&bytes))
+        .await
+        .map_err(|e| Error::Preprocess(format!("hashing task failed: {e}")))
 }
