@@ -127,6 +127,7 @@ pub struct ServiceBuilder {
     metrics: Option<Arc<Metrics>>,
     manifest_path: Option<std::path::PathBuf>,
     result_cache: Option<Duration>,
+    inference_nice: i32,
 }
 
 /// How long cached results live by default (as long as results do).
@@ -148,6 +149,7 @@ impl Default for ServiceBuilder {
             shutdown_grace: Duration::from_secs(30),
             manifest_path: None,
             result_cache: Some(DEFAULT_RESULT_CACHE_TTL),
+            inference_nice: 0,
             // Measured (BENCHMARKS.md): with tract, a batch of 8 costs 1.4x (ShuffleNet) to
             // 2.3x (MobileNet) more CPU per image than batch 1, and intra-op threads are
             // slower on these small models. So: one image per tract call, one call per core.
@@ -253,6 +255,17 @@ impl ServiceBuilder {
         self.result_cache = ttl;
         self
     }
+    /// The scheduling niceness of the inference threads (Linux; elsewhere ignored), 0 to 19.
+    ///
+    /// Default 0: they compete with everything else on equal terms. A positive value lets
+    /// the rest of the process (accepting uploads, decoding them, answering status requests)
+    /// preempt inference when every core is busy, which cuts the accept latency of a
+    /// saturated server without changing its throughput (BENCHMARKS.md, HTTP load); it also
+    /// yields the cores to other processes on the machine.
+    pub fn inference_nice(mut self, nice: i32) -> Self {
+        self.inference_nice = nice.clamp(0, 19);
+        self
+    }
     /// Record into these metrics (default: a fresh registry).
     pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
@@ -307,6 +320,7 @@ impl ServiceBuilder {
         let pool = Arc::new(InferencePool::start(
             workers.max(1),
             policy,
+            self.inference_nice,
             metrics.clone(),
             eta.clone(),
         )?);
@@ -388,6 +402,16 @@ struct Inner {
     started: Instant,
 }
 
+/// What the result cache says about an upload.
+enum CacheLookup {
+    /// The cache is off: nothing was hashed.
+    Off,
+    /// No entry; the upload's sha256 (hex) is kept for the job record.
+    Miss(String),
+    /// A stored result for the same bytes and model version.
+    Hit(String, Box<JobResult>),
+}
+
 /// The job service. Cheap to clone (an `Arc` inside).
 ///
 /// Build one with [`Service::builder`]; the examples below assume a built `service`.
@@ -445,13 +469,19 @@ impl Service {
             .inner
             .registry
             .route(options.model_version.as_deref())?;
-        if let Some(ticket) = self.submit_cached(&image, &options, &spec).await? {
-            return Ok(ticket);
-        }
+        let lookup = self.cached(&image, &spec.entry.version).await?;
+        let sha256 = match lookup {
+            CacheLookup::Hit(sha256, hit) => {
+                return self.submit_cached(sha256, *hit, &options, &spec).await;
+            }
+            CacheLookup::Miss(sha256) => Some(sha256),
+            CacheLookup::Off => None,
+        };
         let prepared = submit::prepare_upload_blocking(
             self.inner.registry.validation().clone(),
             spec.preprocessor.clone(),
             image,
+            sha256,
         )
         .await?;
         let now = Utc::now();
@@ -479,20 +509,23 @@ impl Service {
         })
     }
 
-    /// The cached result of an identical image with the same model version, if the cache is
-    /// on and has one (counted in `classifier_result_cache_hits_total`).
-    async fn cached(&self, image: &[u8], version: &str) -> Option<(String, JobResult)> {
-        self.inner.result_cache?;
-        let sha256 = crate::model::sha256_hex(image);
+    /// Looks the upload up in the result cache (if it is on): its sha256 is computed on the
+    /// blocking pool, and a hit is counted in `classifier_result_cache_hits_total`. A
+    /// backend error is logged and treated as a miss.
+    async fn cached(&self, image: &Bytes, version: &str) -> Result<CacheLookup> {
+        if self.inner.result_cache.is_none() {
+            return Ok(CacheLookup::Off);
+        }
+        let sha256 = submit::sha256_blocking(image.clone()).await?;
         match self.inner.backend.cached_result(&sha256, version).await {
             Ok(Some(hit)) if hit.image_metadata.file_size == image.len() => {
                 self.inner.metrics.result_cache_hit();
-                Some((sha256, hit))
+                Ok(CacheLookup::Hit(sha256, Box::new(hit)))
             }
-            Ok(_) => None,
+            Ok(_) => Ok(CacheLookup::Miss(sha256)),
             Err(e) => {
                 tracing::warn!(error = %e, "result cache lookup failed; classifying");
-                None
+                Ok(CacheLookup::Miss(sha256))
             }
         }
     }
@@ -501,13 +534,11 @@ impl Service {
     /// webhook, if any, is queued as for any completed job.
     async fn submit_cached(
         &self,
-        image: &[u8],
+        sha256: String,
+        hit: JobResult,
         options: &SubmitOptions,
         spec: &crate::model::ModelSpec,
-    ) -> Result<Option<JobTicket>> {
-        let Some((sha256, hit)) = self.cached(image, &spec.entry.version).await else {
-            return Ok(None);
-        };
+    ) -> Result<JobTicket> {
         let now = Utc::now();
         let mut record = JobRecord::new(
             JobId::new(),
@@ -534,14 +565,14 @@ impl Service {
         crate::worker::notify::after_terminal(self.inner.backend.as_ref(), &record, Some(&result))
             .await;
         tracing::debug!(job = %record.id, "job answered from the result cache");
-        Ok(Some(JobTicket {
+        Ok(JobTicket {
             job_id: record.id,
             status: JobStatus::Completed,
             created_at: now,
             estimated_completion: now,
             priority: record.priority,
             model_version: record.model_version,
-        }))
+        })
     }
 
     /// Expected time to completion of a job of `priority` just queued: the ready jobs
@@ -737,18 +768,23 @@ impl Service {
     ) -> Result<Classification> {
         self.check_running()?;
         let spec = self.inner.registry.route(model_version)?;
-        if let Some((_, hit)) = self.cached(&image, &spec.entry.version).await {
-            return Ok(Classification {
-                model_version: hit.model_version,
-                predictions: hit.predictions,
-                image_metadata: hit.image_metadata,
-                timings: Timings::default(),
-            });
-        }
+        let sha256 = match self.cached(&image, &spec.entry.version).await? {
+            CacheLookup::Hit(_, hit) => {
+                return Ok(Classification {
+                    model_version: hit.model_version,
+                    predictions: hit.predictions,
+                    image_metadata: hit.image_metadata,
+                    timings: Timings::default(),
+                });
+            }
+            CacheLookup::Miss(sha256) => Some(sha256),
+            CacheLookup::Off => None,
+        };
         let prepared = submit::prepare_upload_blocking(
             self.inner.registry.validation().clone(),
             spec.preprocessor.clone(),
             image,
+            sha256,
         )
         .await?;
         let classifier = self.inner.registry.get(Some(&spec.entry.version)).await?;

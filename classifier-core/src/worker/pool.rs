@@ -49,6 +49,7 @@ impl InferencePool {
     pub fn start(
         threads: usize,
         policy: BatchPolicy,
+        nice: i32,
         metrics: Arc<Metrics>,
         eta: Arc<ServiceTimeEstimator>,
     ) -> Result<InferencePool> {
@@ -58,6 +59,9 @@ impl InferencePool {
             std::thread::Builder::new()
                 .name(format!("inference-{i}"))
                 .spawn(move || {
+                    if nice != 0 {
+                        lower_priority(nice);
+                    }
                     while let Some(batch) = q.next_batch(&policy) {
                         run_batch(batch, &m, &e);
                     }
@@ -110,6 +114,25 @@ impl Drop for InferencePool {
     fn drop(&mut self) {
         self.queue.close();
     }
+}
+
+/// Give the calling thread the niceness `nice` (Linux: `setpriority` on the thread id
+/// changes this thread only). A failure is logged: the thread keeps running at the default.
+#[cfg(target_os = "linux")]
+fn lower_priority(nice: i32) {
+    // SAFETY: `gettid` has no preconditions; `setpriority` only reads its integer arguments.
+    let result = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+    };
+    if result != 0 {
+        tracing::warn!(nice, error = %std::io::Error::last_os_error(), "inference thread priority unchanged");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority(nice: i32) {
+    tracing::debug!(nice, "inference thread niceness is only supported on Linux");
 }
 
 fn run_batch(batch: Vec<InferRequest>, metrics: &Metrics, eta: &ServiceTimeEstimator) {
