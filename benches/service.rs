@@ -7,6 +7,10 @@
 //!   and the clock runs until the last one is completed. Everything a job costs a worker is
 //!   inside: lease, six compare-and-set steps, payload, normalization, inference, top-K,
 //!   result, ack, plus the tokio reactor competing for the same 2 cores.
+//! - `service_2_workers_from_bytes`: the same service fed through `Service::submit` with the
+//!   photo's bytes (4 submitting tasks), so each job also pays validation, the PNG decode and
+//!   the crop, as an HTTP upload does. The gap to `service_2_workers` is the decode; the gap
+//!   from it to the HTTP load benchmark is the HTTP layer and the load generator.
 //!
 //! Both report time per `JOBS` images; jobs/s = JOBS / time. Run:
 //! `cargo bench --bench service`.
@@ -92,26 +96,52 @@ fn service(c: &mut Criterion, classifier: &Classifier, bytes: &[u8]) {
             runtime.block_on(async {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let done_before = service.metrics().jobs_completed();
-                    let started = Instant::now();
-                    for _ in 0..JOBS {
-                        let record = JobRecord::new(
-                            JobId::new(),
-                            &SubmitOptions::default(),
-                            classifier.version().to_string(),
-                            decoded.metadata,
-                            String::new(),
-                            chrono::Utc::now(),
-                        );
-                        backend
-                            .create(&record, payload.clone())
-                            .await
-                            .expect("create");
-                    }
-                    while service.metrics().jobs_completed() < done_before + JOBS as u64 {
-                        tokio::time::sleep(Duration::from_micros(500)).await;
-                    }
-                    total += started.elapsed();
+                    total += time_jobs(&service, async {
+                        for _ in 0..JOBS {
+                            let record = JobRecord::new(
+                                JobId::new(),
+                                &SubmitOptions::default(),
+                                classifier.version().to_string(),
+                                decoded.metadata,
+                                String::new(),
+                                chrono::Utc::now(),
+                            );
+                            backend
+                                .create(&record, payload.clone())
+                                .await
+                                .expect("create");
+                        }
+                    })
+                    .await;
+                }
+                total
+            })
+        })
+    });
+    group.bench_function("service_2_workers_from_bytes", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += time_jobs(&service, async {
+                        let submitters: Vec<_> = (0..4)
+                            .map(|_| {
+                                let (service, bytes) = (service.clone(), bytes.to_vec());
+                                tokio::spawn(async move {
+                                    for _ in 0..JOBS / 4 {
+                                        service
+                                            .submit(bytes.clone().into(), SubmitOptions::default())
+                                            .await
+                                            .expect("submit");
+                                    }
+                                })
+                            })
+                            .collect();
+                        for s in submitters {
+                            s.await.expect("submitter");
+                        }
+                    })
+                    .await;
                 }
                 total
             })
@@ -119,6 +149,17 @@ fn service(c: &mut Criterion, classifier: &Classifier, bytes: &[u8]) {
     });
     group.finish();
     runtime.block_on(service.shutdown());
+}
+
+/// Time from now until `submit` has run and `JOBS` more jobs have completed.
+async fn time_jobs(service: &Service, submit: impl std::future::Future<Output = ()>) -> Duration {
+    let done_before = service.metrics().jobs_completed();
+    let started = Instant::now();
+    submit.await;
+    while service.metrics().jobs_completed() < done_before + JOBS as u64 {
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    started.elapsed()
 }
 
 fn benches(c: &mut Criterion) {

@@ -446,3 +446,58 @@ async fn not_found_ids_request_ids_and_documents() {
     assert_error(&body, "METHOD_NOT_ALLOWED", "/api/v1/status/x");
     server.stop().await;
 }
+
+/// Graceful shutdown with a WebSocket open on a job that cannot finish (an API-only server:
+/// no workers): the socket gets a 1001 "going away" close frame, the server stops (a hang
+/// fails the test), and the pending job is still in the backend afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_open_websockets_with_going_away_and_loses_no_job() {
+    let server = start(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let client = client();
+    let ticket = submit(&server, &client, "chelsea.png").await;
+    let id = ticket["job_id"].as_str().unwrap().to_string();
+    let url = format!("ws://{}/api/v1/status/{id}/ws", server.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("ws connect");
+    let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("first status in time")
+        .expect("a message")
+        .expect("not an error");
+    let doc: serde_json::Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(doc["status"], "pending");
+
+    let service = server.service.clone();
+    let stopping = tokio::spawn(server.stop());
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("the socket is closed during shutdown")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(Message::Text(t))) => panic!("no status change expected, got {t}"),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
+    // Reading on completes the closing handshake (the client echoes the close frame).
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {}
+    tokio::time::timeout(Duration::from_secs(20), stopping)
+        .await
+        .expect("the server stops in time")
+        .expect("stop task");
+    let job_id: classifier_core::job::JobId = id.parse().expect("job id");
+    let record = service
+        .backend()
+        .get(job_id)
+        .await
+        .expect("backend")
+        .expect("job kept");
+    assert_eq!(record.status, classifier_core::job::JobStatus::Pending);
+}

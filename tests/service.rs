@@ -423,3 +423,94 @@ async fn a_full_queue_is_queue_full() {
     assert!(matches!(err, Error::QueueFull { .. }), "{err}");
     assert_eq!(err.code(), "SERVICE_UNAVAILABLE");
 }
+
+/// The niceness of this process's threads named `name*`, read from `/proc` (Linux).
+fn thread_niceness(name: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let dir = task.expect("task").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.trim_end().starts_with(name) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
+        // Fields after the parenthesised name: state is field 3, nice is field 19.
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let nice = rest.split(' ').nth(16).expect("nice field");
+        out.push(nice.parse().expect("nice is a number"));
+    }
+    out
+}
+
+/// A large JPEG through the whole service with the result cache on: it is classified (at
+/// reduced decode size) like the same photo, the record keeps the sha256 of exactly the
+/// uploaded bytes, and a second upload is answered from the cache under the same digest. The
+/// inference threads run at the configured niceness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_jpeg_is_classified_cached_and_hashed_once() {
+    let backend = backend(patient_queue());
+    let service = Service::builder()
+        .backend(backend.clone())
+        .workers(1)
+        .inference_nice(7)
+        .build()
+        .await
+        .expect("service builds");
+    // The thread sets its own niceness when it starts, which may be just after `build`.
+    #[cfg(target_os = "linux")]
+    {
+        let mut seen = Vec::new();
+        for _ in 0..500 {
+            seen = thread_niceness("inference-");
+            if !seen.is_empty() && seen.iter().all(|&n| n != 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen, vec![7], "one inference thread at niceness 7");
+    }
+
+    let photo = &photos().iter().find(|p| p.0 == "chelsea.png").unwrap().1;
+    let photo = image::load_from_memory(photo).expect("photo");
+    let large = photo.resize_exact(1804, 1200, image::imageops::FilterType::CatmullRom);
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+        .encode_image(&large.to_rgb8())
+        .expect("encode");
+    let bytes = bytes.into_inner();
+    let sha = classifier::model::sha256_hex(&bytes);
+
+    let first = service
+        .submit(bytes.clone().into(), opts(Priority::Normal))
+        .await
+        .expect("submit");
+    assert_eq!(first.status, JobStatus::Pending);
+    let record = wait_terminal(&service, first.job_id).await;
+    assert_eq!(record.status, JobStatus::Completed);
+    assert_eq!(record.image_sha256, sha);
+    let result = service.result(first.job_id).await.expect("result");
+    assert_eq!(
+        (result.image_metadata.width, result.image_metadata.height),
+        (1804, 1200)
+    );
+    assert_eq!(
+        result.predictions[0].class_id,
+        expected_top1()["chelsea.png"],
+        "the same cat as the original photo"
+    );
+
+    let second = service
+        .submit(bytes.into(), opts(Priority::Normal))
+        .await
+        .expect("submit again");
+    assert_eq!(
+        second.status,
+        JobStatus::Completed,
+        "answered from the cache"
+    );
+    let cached = service.status(second.job_id).await.expect("status");
+    assert_eq!(cached.image_sha256, sha);
+    let again = service.result(second.job_id).await.expect("cached result");
+    assert_eq!(again.predictions, result.predictions);
+    service.shutdown().await;
+}
