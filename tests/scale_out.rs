@@ -3,8 +3,8 @@
 //! `WORKERS=0`) and `worker` example processes sharing it, drives them over HTTP, and kills
 //! everything at the end (a `Drop` guard, also on panic).
 //!
-//! The example binaries are built once per test run with `cargo build --example server
-//! --example worker`. A missing `redis-server` or a failed build fails the tests loudly; they
+//! The example binaries are built once per test run with `cargo build --workspace --example
+//! server --example worker`. A missing `redis-server` or a failed build fails the tests loudly; they
 //! are never skipped. No timing is asserted: deadlines only keep a broken run from hanging.
 //!
 //! - `two_apis_two_workers_complete_every_job`: jobs submitted round-robin to two APIs all
@@ -48,7 +48,17 @@ fn examples_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", "server", "--example", "worker"])
+            // `--workspace` resolves features exactly as `cargo test --workspace` did, so the
+            // dependencies already built for the tests are reused (without it, feature
+            // unification differs and tract is rebuilt: about 9 minutes on 2 cores).
+            .args([
+                "build",
+                "--workspace",
+                "--example",
+                "server",
+                "--example",
+                "worker",
+            ])
             .current_dir(root())
             .status()
             .expect("cannot run cargo to build the server and worker examples");
