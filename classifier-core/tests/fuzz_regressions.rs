@@ -24,7 +24,8 @@ use classifier_core::preprocess::{PreprocessSpec, Preprocessor};
 
 /// The fuzz target's checks: a typed result from `decode` and from `decode_for` (with the
 /// ImageNet resize, and with a tiny model so that small JPEGs take the reduced-size decoder),
-/// and `decode_for` never accepts what `decode` refuses, nor reports other metadata.
+/// and `decode_for` never accepts what `decode` refuses, nor reports other metadata; the PNG
+/// fast path gives the `png` crate's outcome (same pixels, or the same error).
 #[test]
 fn every_kept_fuzz_input_gives_a_typed_result() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_regressions");
@@ -35,6 +36,10 @@ fn every_kept_fuzz_input_gives_a_typed_result() {
     inputs.sort();
     assert!(!inputs.is_empty(), "no inputs in {dir:?}");
     let validation = ValidationConfig::default();
+    let png_crate_only = ValidationConfig {
+        fast_png: false,
+        ..ValidationConfig::default()
+    };
     let pre = Preprocessor::new(PreprocessSpec::imagenet()).expect("spec");
     let tiny = Preprocessor::new(PreprocessSpec {
         input_width: 8,
@@ -46,6 +51,11 @@ fn every_kept_fuzz_input_gives_a_typed_result() {
     for path in inputs {
         let bytes = std::fs::read(&path).expect("read input");
         let full = validation.decode(&bytes);
+        match (&full, png_crate_only.decode(&bytes)) {
+            (Ok(a), Ok(b)) => assert!(a.rgb == b.rgb && a.metadata == b.metadata, "{path:?}"),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{path:?}"),
+            _ => panic!("{path:?}: the PNG fast path and the png crate disagree"),
+        }
         match &full {
             Ok(decoded) => {
                 let tensor = pre.run(&decoded.rgb).expect("decoded images preprocess");

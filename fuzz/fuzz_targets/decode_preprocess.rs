@@ -10,6 +10,10 @@
 //! photos), and `decode_for` for a tiny model (resize 8, crop 8x8) so that the reduced-size
 //! JPEG decoder (`image/jpeg_scaled.rs`) runs on the small files a fuzzer makes: any JPEG of
 //! at least 32 pixels on its shorter side is then decoded at 1/2, 1/4 or 1/8.
+//!
+//! The PNG fast path (`image/png_fast.rs`, on by default) is checked against the `png` crate
+//! (`fast_png: false`): the same pixels and metadata, or both refuse the file with the same
+//! error.
 
 #![no_main]
 
@@ -21,6 +25,8 @@ use libfuzzer_sys::fuzz_target;
 
 struct Setup {
     validation: ValidationConfig,
+    /// The same limits with the PNG fast path off: the `png` crate alone.
+    reference: ValidationConfig,
     imagenet: Preprocessor,
     tiny: Preprocessor,
 }
@@ -40,8 +46,13 @@ fn setup() -> &'static Setup {
             ..PreprocessSpec::imagenet()
         })
         .expect("tiny spec");
+        let reference = ValidationConfig {
+            fast_png: false,
+            ..validation.clone()
+        };
         Setup {
             validation,
+            reference,
             imagenet,
             tiny,
         }
@@ -52,6 +63,18 @@ fuzz_target!(|data: &[u8]| {
     let s = setup();
     let _ = s.validation.inspect(data);
     let full = s.validation.decode(data);
+    match (&full, s.reference.decode(data)) {
+        (Ok(fast), Ok(reference)) => {
+            assert_eq!(fast.metadata, reference.metadata);
+            assert!(fast.rgb == reference.rgb, "PNG fast path pixels differ");
+        }
+        (Err(fast), Err(reference)) => assert_eq!(fast.to_string(), reference.to_string()),
+        (fast, reference) => panic!(
+            "PNG fast path and png crate disagree: {:?} vs {:?}",
+            fast.as_ref().map(|d| d.path),
+            reference.map(|d| d.path)
+        ),
+    }
     if let Ok(decoded) = &full {
         let tensor = s
             .imagenet

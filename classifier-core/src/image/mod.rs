@@ -2,7 +2,8 @@
 
 mod format;
 mod jpeg_scaled;
+mod png_fast;
 mod validate;
 
 pub use format::{sniff, ImageFormat, Sniffed};
-pub use validate::{to_rgb8, DecodedImage, ImageMetadata, ValidationConfig};
+pub use validate::{to_rgb8, DecodePath, DecodedImage, ImageMetadata, ValidationConfig};

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::format::{sniff, ImageFormat, Sniffed};
 use super::jpeg_scaled;
+use super::png_fast;
 use crate::error::{Error, Result};
 
 /// Limits applied to every image before it is decoded. All of them are configurable.
@@ -60,10 +61,20 @@ pub struct ValidationConfig {
     /// at full size.
     #[serde(default = "default_jpeg_draft_margin")]
     pub jpeg_draft_margin: f32,
+    /// Inflate the common PNG (8-bit gray, gray+alpha, RGB or RGBA, not interlaced) with
+    /// libdeflate instead of the `png` crate's inflater (default true). The pixels are
+    /// identical; a photo PNG decodes about twice as fast. Files the fast path does not handle,
+    /// or finds damaged, go to the `png` crate, which stays the authority on errors.
+    #[serde(default = "default_fast_png")]
+    pub fast_png: bool,
 }
 
 fn default_jpeg_draft_margin() -> f32 {
     2.0
+}
+
+fn default_fast_png() -> bool {
+    true
 }
 
 impl Default for ValidationConfig {
@@ -77,6 +88,7 @@ impl Default for ValidationConfig {
             max_decode_alloc: 256 * 1024 * 1024,
             accepted_formats: ImageFormat::DEFAULT_ACCEPTED.to_vec(),
             jpeg_draft_margin: default_jpeg_draft_margin(),
+            fast_png: default_fast_png(),
         }
     }
 }
@@ -109,6 +121,19 @@ pub struct DecodedImage {
     /// [`crop_decoded`](crate::preprocess::Preprocessor::crop_decoded), which place the crop
     /// by the full size.
     pub scale_denom: u32,
+    /// Which decoder produced the pixels.
+    pub path: DecodePath,
+}
+
+/// Which decoder produced a [`DecodedImage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodePath {
+    /// The `image` crate's decoder for the format, at full size.
+    Full,
+    /// The reduced-size JPEG decoder (`scale_denom` > 1).
+    ReducedJpeg,
+    /// The PNG fast path (libdeflate), at full size.
+    FastPng,
 }
 
 impl ValidationConfig {
@@ -276,6 +301,7 @@ impl ValidationConfig {
                             metadata,
                             rgb: to_rgb8(image),
                             scale_denom: denom,
+                            path: DecodePath::ReducedJpeg,
                         });
                     }
                 }
@@ -287,6 +313,24 @@ impl ValidationConfig {
                 ),
             }
         }
+        if format == ImageFormat::Png && self.fast_png {
+            // The png crate has parsed and checked every chunk before the image data (`open`).
+            match png_fast::decode(bytes, self.max_decode_alloc) {
+                Ok(png) => {
+                    if let Some(mut image) = fast_png_image(png) {
+                        image.apply_orientation(orientation);
+                        return Ok(DecodedImage {
+                            metadata,
+                            rgb: to_rgb8(image),
+                            scale_denom: 1,
+                            path: DecodePath::FastPng,
+                        });
+                    }
+                }
+                // As above: the png crate decodes what the fast path declines, or reports why not.
+                Err(e) => tracing::debug!(reason = e.0, "PNG fast path not used"),
+            }
+        }
         let mut image =
             DynamicImage::from_decoder(decoder).map_err(|e| self.decode_error(format, e))?;
         image.apply_orientation(orientation);
@@ -294,6 +338,7 @@ impl ValidationConfig {
             metadata,
             rgb: to_rgb8(image),
             scale_denom: 1,
+            path: DecodePath::Full,
         })
     }
 
@@ -321,6 +366,19 @@ impl ValidationConfig {
 /// EOI) does not count. The EOI is searched from the end: a complete file ends with it, so
 /// this costs almost nothing (a forward scan over the entropy-coded data took 0.5 ms for a
 /// 1920x1080 photo).
+/// The fast path's samples as an image of the matching colour type.
+fn fast_png_image(png: png_fast::FastPng) -> Option<DynamicImage> {
+    use image::{GrayAlphaImage, RgbaImage};
+    let (w, h, pixels) = (png.width, png.height, png.pixels);
+    match png.channels {
+        1 => GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8),
+        2 => GrayAlphaImage::from_raw(w, h, pixels).map(DynamicImage::ImageLumaA8),
+        3 => RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8),
+        4 => RgbaImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgba8),
+        _ => None,
+    }
+}
+
 fn jpeg_has_end_of_image(bytes: &[u8]) -> bool {
     let Some(sos) = first_scan(bytes) else {
         return false;
