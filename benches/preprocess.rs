@@ -1,7 +1,8 @@
 //! Preprocessing benches: validate + decode + resize/crop + normalize of real JPEGs at three
 //! sizes, with the reduced-size JPEG decode (`ValidationConfig::decode_for`, DCT scaling) and
 //! with a full-size decode (`decode`) for comparison, and the stages separately for the
-//! 1920x1080 one.
+//! 1920x1080 one. Then the sample photo PNGs decoded with the PNG fast path (libdeflate, the
+//! default) against the `png` crate alone (`fast_png: false`).
 //!
 //! `cargo bench --bench preprocess`
 
@@ -74,6 +75,38 @@ fn preprocess(c: &mut Criterion) {
     group.bench_function("header inspect only/1920x1080", |b| {
         b.iter(|| validation.inspect(&jpeg).expect("inspect"))
     });
+    group.finish();
+
+    let png_crate_only = ValidationConfig {
+        fast_png: false,
+        ..ValidationConfig::default()
+    };
+    let mut group = c.benchmark_group("png");
+    group.throughput(Throughput::Elements(1));
+    for name in ["chelsea.png", "coffee.png", "astronaut.png"] {
+        let path = common::shared_models().join("samples").join(name);
+        let png = std::fs::read(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        group.bench_with_input(
+            BenchmarkId::new("fast path decode", name),
+            &png,
+            |b, png| b.iter(|| validation.decode(png).expect("decode")),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("png crate decode", name),
+            &png,
+            |b, png| b.iter(|| png_crate_only.decode(png).expect("decode")),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("fast path decode+resize+normalize", name),
+            &png,
+            |b, png| {
+                b.iter(|| {
+                    let decoded = validation.decode_for(png, resize).expect("decode");
+                    pre.run_decoded(&decoded).expect("preprocess")
+                })
+            },
+        );
+    }
     group.finish();
 }
 

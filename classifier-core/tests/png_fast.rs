@@ -245,6 +245,18 @@ fn chunk_layouts() {
         same_outcome(&png, "empty IDATs around the data"),
         Some(DecodePath::FastPng)
     );
+    // A tRNS colour key (the png crate then expands to RGBA, whose alpha is dropped) and a
+    // suggested palette in an RGB image: the same RGB either way.
+    let mut png = SIGNATURE.to_vec();
+    png.extend(ihdr(40, 36, 2));
+    png.extend(chunk(b"PLTE", &[1, 2, 3, 4, 5, 6]));
+    png.extend(chunk(b"tRNS", &[0, 10, 0, 20, 0, 30]));
+    png.extend(chunk(b"IDAT", &stream));
+    png.extend(chunk(b"IEND", &[]));
+    assert_eq!(
+        same_outcome(&png, "RGB with tRNS and PLTE"),
+        Some(DecodePath::FastPng)
+    );
     // A text chunk between the image data and IEND: declined, the png crate decodes it.
     let text = chunk(b"tEXt", b"Comment\0after the image data");
     assert_eq!(
