@@ -156,15 +156,17 @@ pub(crate) fn decode(bytes: &[u8], max_alloc: u64) -> Result<FastPng, Unsupporte
     }
 
     let mut pixels = vec![0u8; pixels_len];
-    let mut previous: Option<usize> = None;
+    let zero_row = vec![0u8; row_len];
     for (y, filtered) in raw.chunks_exact(row_len + 1).enumerate() {
         let start = y * row_len;
         let (done, rest) = pixels.split_at_mut(start);
         let row = &mut rest[..row_len];
         row.copy_from_slice(&filtered[1..]);
-        let above = previous.map(|p| &done[p..p + row_len]);
-        unfilter(filtered[0], row, above, channels)?;
-        previous = Some(start);
+        let up = match y {
+            0 => &zero_row[..],
+            _ => &done[start - row_len..],
+        };
+        unfilter(filtered[0], row, up, channels)?;
     }
     Ok(FastPng {
         width,
@@ -174,49 +176,56 @@ pub(crate) fn decode(bytes: &[u8], max_alloc: u64) -> Result<FastPng, Unsupporte
     })
 }
 
-/// Undoes one row's filter in place. `above` is the previous reconstructed row (none for the
-/// first row, which the PNG spec treats as zeros).
-fn unfilter(kind: u8, row: &mut [u8], above: Option<&[u8]>, bpp: usize) -> Result<(), Unsupported> {
-    match (kind, above) {
-        (0, _) => {}
-        (1, _) => {
-            for i in bpp..row.len() {
-                row[i] = row[i].wrapping_add(row[i - bpp]);
+/// Undoes one row's filter in place. `up` is the previous reconstructed row (zeros for the
+/// first row, as the PNG spec says).
+fn unfilter(kind: u8, row: &mut [u8], up: &[u8], bpp: usize) -> Result<(), Unsupported> {
+    match bpp {
+        1 => unfilter_bpp::<1>(kind, row, up),
+        2 => unfilter_bpp::<2>(kind, row, up),
+        3 => unfilter_bpp::<3>(kind, row, up),
+        _ => unfilter_bpp::<4>(kind, row, up),
+    }
+}
+
+/// [`unfilter`] for `BPP` bytes per pixel: whole pixels at a time, the left and upper-left
+/// pixels carried in registers, no bounds checks, and a branch-free Paeth predictor (photos
+/// make its comparisons unpredictable).
+fn unfilter_bpp<const BPP: usize>(kind: u8, row: &mut [u8], up: &[u8]) -> Result<(), Unsupported> {
+    let pixels = row.chunks_exact_mut(BPP).zip(up.chunks_exact(BPP));
+    let mut left = [0u8; BPP];
+    match kind {
+        0 => {}
+        1 => {
+            for (px, _) in pixels {
+                for c in 0..BPP {
+                    px[c] = px[c].wrapping_add(left[c]);
+                    left[c] = px[c];
+                }
             }
         }
-        (2, None) => {}
-        (2, Some(up)) => {
+        2 => {
             for (x, u) in row.iter_mut().zip(up) {
                 *x = x.wrapping_add(*u);
             }
         }
-        (3, None) => {
-            for i in bpp..row.len() {
-                row[i] = row[i].wrapping_add(row[i - bpp] >> 1);
+        3 => {
+            for (px, u) in pixels {
+                for c in 0..BPP {
+                    let avg = ((u16::from(left[c]) + u16::from(u[c])) >> 1) as u8;
+                    px[c] = px[c].wrapping_add(avg);
+                    left[c] = px[c];
+                }
             }
         }
-        (3, Some(up)) => {
-            for i in 0..bpp.min(row.len()) {
-                row[i] = row[i].wrapping_add(up[i] >> 1);
-            }
-            for i in bpp..row.len() {
-                let avg = ((u16::from(row[i - bpp]) + u16::from(up[i])) >> 1) as u8;
-                row[i] = row[i].wrapping_add(avg);
-            }
-        }
-        // Paeth with no row above predicts from the left only, i.e. like Sub.
-        (4, None) => {
-            for i in bpp..row.len() {
-                row[i] = row[i].wrapping_add(row[i - bpp]);
-            }
-        }
-        (4, Some(up)) => {
-            for i in 0..bpp.min(row.len()) {
-                row[i] = row[i].wrapping_add(up[i]);
-            }
-            for i in bpp..row.len() {
-                let predicted = paeth(row[i - bpp], up[i], up[i - bpp]);
-                row[i] = row[i].wrapping_add(predicted);
+        4 => {
+            let mut left = [0i16; BPP];
+            let mut upper_left = [0i16; BPP];
+            for (px, u) in pixels {
+                for c in 0..BPP {
+                    px[c] = px[c].wrapping_add(paeth(left[c], i16::from(u[c]), upper_left[c]));
+                    left[c] = i16::from(px[c]);
+                    upper_left[c] = i16::from(u[c]);
+                }
             }
         }
         _ => return Err(Unsupported("unknown row filter")),
@@ -224,21 +233,18 @@ fn unfilter(kind: u8, row: &mut [u8], above: Option<&[u8]>, bpp: usize) -> Resul
     Ok(())
 }
 
-/// The Paeth predictor (PNG spec 9.4), branch-free on the three distances.
+/// The Paeth predictor (PNG spec 9.4): the neighbour closest to `a + b - c`, ties going to
+/// `a`, then `b`. This is stb_image's equivalent formulation (public domain), which needs no
+/// absolute values and compiles to a few min/max and conditional moves; a test checks it
+/// against the spec's formulation.
 #[inline(always)]
-fn paeth(a: u8, b: u8, c: u8) -> u8 {
-    let (ia, ib, ic) = (i16::from(a), i16::from(b), i16::from(c));
-    let p = ia + ib - ic;
-    let pa = (p - ia).abs();
-    let pb = (p - ib).abs();
-    let pc = (p - ic).abs();
-    if pa <= pb && pa <= pc {
-        a
-    } else if pb <= pc {
-        b
-    } else {
-        c
-    }
+fn paeth(a: i16, b: i16, c: i16) -> u8 {
+    let threshold = c * 3 - (a + b);
+    let lo = a.min(b);
+    let hi = a.max(b);
+    let t0 = if hi <= threshold { lo } else { c };
+    let t1 = if threshold <= lo { hi } else { t0 };
+    t1 as u8
 }
 
 #[cfg(test)]
@@ -247,12 +253,41 @@ mod tests {
 
     #[test]
     fn paeth_follows_the_spec_ties() {
-        // a wins ties with b and c; b wins ties with c.
+        // a wins ties with b and c; b wins ties with c; c wins when it is nearest.
         assert_eq!(paeth(10, 10, 10), 10);
         assert_eq!(paeth(1, 2, 3), 1);
         assert_eq!(paeth(50, 100, 60), 100);
-        assert_eq!(paeth(100, 50, 60), 50);
+        assert_eq!(paeth(100, 50, 60), 100);
+        assert_eq!(paeth(100, 200, 150), 150);
         assert_eq!(paeth(0, 255, 255), 0);
+        assert_eq!(paeth(255, 0, 255), 0);
+    }
+
+    #[test]
+    fn paeth_equals_the_spec_formulation_everywhere() {
+        fn spec(a: u8, b: u8, c: u8) -> u8 {
+            let p = i16::from(a) + i16::from(b) - i16::from(c);
+            let (pa, pb, pc) = (
+                (p - i16::from(a)).abs(),
+                (p - i16::from(b)).abs(),
+                (p - i16::from(c)).abs(),
+            );
+            if pa <= pb && pa <= pc {
+                a
+            } else if pb <= pc {
+                b
+            } else {
+                c
+            }
+        }
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                for c in 0..=255u8 {
+                    let fast = paeth(i16::from(a), i16::from(b), i16::from(c));
+                    assert_eq!(fast, spec(a, b, c), "{a} {b} {c}");
+                }
+            }
+        }
     }
 
     #[test]
