@@ -40,11 +40,23 @@ pub(crate) struct FastPng {
     pub pixels: Vec<u8>,
 }
 
-/// One chunk: its type, its data, and whether its CRC matches.
+/// One chunk: its type, its data, and the CRC stored after it.
 struct Chunk<'a> {
     kind: [u8; 4],
-    data: &'a [u8],
-    crc_ok: bool,
+    /// The type and the data: what the CRC covers.
+    typed: &'a [u8],
+    stored_crc: u32,
+}
+
+impl<'a> Chunk<'a> {
+    fn data(&self) -> &'a [u8] {
+        &self.typed[4..]
+    }
+
+    /// Computed only for the chunks whose CRC matters here (the image data and IEND).
+    fn crc_ok(&self) -> bool {
+        libdeflater::crc32(self.typed) == self.stored_crc
+    }
 }
 
 /// Reads the chunk at `pos`; `None` if it runs past the end of the file.
@@ -55,30 +67,25 @@ fn chunk_at(bytes: &[u8], pos: usize) -> Option<(Chunk<'_>, usize)> {
     let end = data_end.checked_add(4)?;
     let typed = bytes.get(pos + 4..data_end)?;
     let stored = bytes.get(data_end..end)?;
-    let crc_ok = libdeflater::crc32(typed)
-        == u32::from_be_bytes([stored[0], stored[1], stored[2], stored[3]]);
-    let kind = [header[4], header[5], header[6], header[7]];
-    Some((
-        Chunk {
-            kind,
-            data: &typed[4..],
-            crc_ok,
-        },
-        end,
-    ))
+    let chunk = Chunk {
+        kind: [header[4], header[5], header[6], header[7]],
+        typed,
+        stored_crc: u32::from_be_bytes([stored[0], stored[1], stored[2], stored[3]]),
+    };
+    Some((chunk, end))
 }
 
-/// Decodes `bytes` if it is a PNG this fast path handles. `max_alloc` bounds the two buffers it
-/// allocates (the inflated rows and the pixels).
+/// Decodes `bytes` if it is a PNG this fast path handles. `max_alloc` bounds the buffer it
+/// inflates into, which then holds the pixels.
 pub(crate) fn decode(bytes: &[u8], max_alloc: u64) -> Result<FastPng, Unsupported> {
     if bytes.get(..8) != Some(&SIGNATURE[..]) {
         return Err(Unsupported("not a PNG signature"));
     }
     let (ihdr, mut pos) = chunk_at(bytes, 8).ok_or(Unsupported("no IHDR"))?;
-    if &ihdr.kind != b"IHDR" || ihdr.data.len() != 13 || !ihdr.crc_ok {
+    if &ihdr.kind != b"IHDR" || ihdr.data().len() != 13 || !ihdr.crc_ok() {
         return Err(Unsupported("bad IHDR"));
     }
-    let d = ihdr.data;
+    let d = ihdr.data();
     let width = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
     let height = u32::from_be_bytes([d[4], d[5], d[6], d[7]]);
     let (bit_depth, color_type, compression, filter, interlace) = (d[8], d[9], d[10], d[11], d[12]);
@@ -116,12 +123,12 @@ pub(crate) fn decode(bytes: &[u8], max_alloc: u64) -> Result<FastPng, Unsupporte
     pos = first_idat;
     loop {
         let (chunk, next) = chunk_at(bytes, pos).ok_or(Unsupported("truncated image data"))?;
-        if !chunk.crc_ok {
+        if !chunk.crc_ok() {
             return Err(Unsupported("CRC mismatch"));
         }
         match &chunk.kind {
-            b"IDAT" => parts.push(chunk.data),
-            b"IEND" if chunk.data.is_empty() => break,
+            b"IDAT" => parts.push(chunk.data()),
+            b"IEND" if chunk.data().is_empty() => break,
             _ => return Err(Unsupported("chunks after the image data")),
         }
         pos = next;
@@ -130,11 +137,11 @@ pub(crate) fn decode(bytes: &[u8], max_alloc: u64) -> Result<FastPng, Unsupporte
     let row_len = (width as usize)
         .checked_mul(channels)
         .ok_or(Unsupported("row too long"))?;
-    let raw_len = (row_len + 1)
+    let stride = row_len + 1; // each row starts with its filter byte
+    let raw_len = stride
         .checked_mul(height as usize)
         .ok_or(Unsupported("image too large"))?;
-    let pixels_len = raw_len - height as usize;
-    if (raw_len as u64).saturating_add(pixels_len as u64) > max_alloc {
+    if raw_len as u64 > max_alloc {
         return Err(Unsupported("over the decoder allocation limit"));
     }
     let joined;
@@ -155,19 +162,23 @@ pub(crate) fn decode(bytes: &[u8], max_alloc: u64) -> Result<FastPng, Unsupporte
         }
     }
 
-    let mut pixels = vec![0u8; pixels_len];
+    // Unfilter in place, each row against the one above (zeros above the first), then close
+    // the gaps the filter bytes leave: one buffer for the whole decode.
     let zero_row = vec![0u8; row_len];
-    for (y, filtered) in raw.chunks_exact(row_len + 1).enumerate() {
-        let start = y * row_len;
-        let (done, rest) = pixels.split_at_mut(start);
-        let row = &mut rest[..row_len];
-        row.copy_from_slice(&filtered[1..]);
+    for y in 0..height as usize {
+        let (done, rest) = raw.split_at_mut(y * stride);
+        let (kind, row) = (rest[0], &mut rest[1..stride]);
         let up = match y {
             0 => &zero_row[..],
-            _ => &done[start - row_len..],
+            _ => &done[done.len() - row_len..],
         };
-        unfilter(filtered[0], row, up, channels)?;
+        unfilter(kind, row, up, channels)?;
     }
+    for y in 0..height as usize {
+        raw.copy_within(y * stride + 1..(y + 1) * stride, y * row_len);
+    }
+    raw.truncate(row_len * height as usize);
+    let pixels = raw;
     Ok(FastPng {
         width,
         height,

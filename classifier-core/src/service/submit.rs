@@ -25,8 +25,8 @@ pub(crate) struct PreparedUpload {
 /// `INVALID_IMAGE`), then resize and center-crop for `preprocessor`. Large baseline JPEGs are
 /// decoded at a reduced size in the DCT domain when that keeps enough pixels for the resize
 /// ([`ValidationConfig::decode_for`]); whatever the reduced decoder cannot read goes to the
-/// full-size decoder, so a damaged file is refused just the same. `sha256` is the digest of `bytes` if the caller already
-/// computed it. Blocking: run it with `spawn_blocking`.
+/// full-size decoder, so a damaged file is refused just the same. `sha256` is the digest of
+/// `bytes` if the caller already computed it. Blocking: run it with `spawn_blocking`.
 pub(crate) fn prepare_upload(
     validation: &ValidationConfig,
     preprocessor: &Preprocessor,
