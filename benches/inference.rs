@@ -54,6 +54,7 @@ fn inference(c: &mut Criterion) {
         .engine_options(EngineOptions {
             max_native_batch: 8,
             intra_op_threads: 2,
+            ..EngineOptions::default()
         })
         .build()
         .expect("load");
@@ -61,6 +62,24 @@ fn inference(c: &mut Criterion) {
     group.bench_function(
         BenchmarkId::new(format!("{}+2threads", manifest.default), "batch1"),
         |b| b.iter(|| threaded.engine().run(input.clone(), 1).expect("run")),
+    );
+    let tract_kernels_only = Classifier::builder()
+        .engine_options(EngineOptions {
+            custom_kernels: false,
+            ..EngineOptions::default()
+        })
+        .build()
+        .expect("load");
+    group.bench_function(
+        BenchmarkId::new(format!("{}-tract-kernels-only", manifest.default), "batch1"),
+        |b| {
+            b.iter(|| {
+                tract_kernels_only
+                    .engine()
+                    .run(input.clone(), 1)
+                    .expect("run")
+            })
+        },
     );
     tract_variants(&mut group, &input);
     group.finish();

@@ -300,3 +300,72 @@ fn one_loaded_model_serves_many_threads() {
         handle.join().expect("no thread panicked");
     }
 }
+
+/// Our kernels (`EngineOptions::custom_kernels`, the default) against tract's own operators on
+/// the same inputs: every model, batch 1 and batch 3 (so the kernels' image loop runs), and
+/// the plan of the default model must really contain our operators.
+#[test]
+fn custom_kernels_match_tracts_own_operators() {
+    use classifier_core::model::EngineOptions;
+    use classifier_core::Classifier;
+    let inputs: Vec<f32> = common::photos()
+        .iter()
+        .take(3)
+        .flat_map(|(stem, _)| common::read_f32(&format!("inputs/{stem}.input.bin")))
+        .collect();
+    for model in MODELS {
+        let ours = common::classifier(model.version);
+        let theirs = Classifier::builder()
+            .version(model.version)
+            .engine_options(EngineOptions {
+                custom_kernels: false,
+                ..EngineOptions::default()
+            })
+            .build()
+            .unwrap();
+        let single = inputs.len() / 3;
+        for n in [1, 3] {
+            let a = ours.engine().run(inputs[..n * single].to_vec(), n).unwrap();
+            let b = theirs
+                .engine()
+                .run(inputs[..n * single].to_vec(), n)
+                .unwrap();
+            let diff = common::max_abs_diff(&a, &b);
+            // Float models: only the summation order differs. Quantized ones may flip a
+            // requantization step where a sum lands on a rounding boundary.
+            let tol = if model.logits.is_some() { 1e-4 } else { 0.5 };
+            assert!(
+                diff <= tol,
+                "{} batch {n}: logits differ by {diff}",
+                model.version
+            );
+            eprintln!(
+                "{:20} batch {n}: ours vs tract's operators, max |logit diff| {diff:.2e}",
+                model.version
+            );
+        }
+    }
+    let plan = common::classifier("shufflenet-v2-f32")
+        .engine()
+        .tract_plan(1)
+        .unwrap();
+    let count = |name: &str| {
+        plan.model()
+            .nodes
+            .iter()
+            .filter(|n| n.op().name() == name)
+            .count()
+    };
+    assert_eq!(
+        count("Depthwise3x3"),
+        19,
+        "every depthwise convolution is ours"
+    );
+    assert_eq!(count("StemConv3x3"), 1);
+    assert_eq!(count("MaxPool3x3"), 1);
+    assert_eq!(count("ShuffleSplit"), 15, "every channel shuffle is ours");
+    assert_eq!(
+        count("DepthWiseConv") + count("OptMaxPool") + count("MoveAxis"),
+        0
+    );
+}

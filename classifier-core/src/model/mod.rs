@@ -1,6 +1,7 @@
 //! Models: the manifest, locating and verifying files, labels, and the tract engine.
 
 mod engine;
+mod kernels;
 mod labels;
 mod locator;
 mod manifest;

@@ -155,7 +155,7 @@ impl Default for ServiceBuilder {
             // slower on these small models. So: one image per tract call, one call per core.
             engine: EngineOptions {
                 max_native_batch: 1,
-                intra_op_threads: 1,
+                ..EngineOptions::default()
             },
             metrics: None,
         }
