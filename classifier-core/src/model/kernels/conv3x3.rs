@@ -4,19 +4,15 @@
 //! The first layer of ShuffleNet-v2 (3 → 24 channels, stride 2, 224×224 → 112×112) has only
 //! 27 products per output value, too few for tract's im2col + matrix-product path: with its
 //! padding and separate ReLU it took 1.2 ms, about 8 GFLOP/s. Here the few input planes are
-//! each copied once into a bordered buffer ([`PaddedPlane`]); then, a block of output
-//! positions at a time (so the block's slices of every input plane stay in the L1 cache), each
-//! output channel is 9 × `in_channels` vectorized multiply-adds.
+//! each copied once into a bordered buffer ([`PaddedPlane`]); then, for each output row, 16
+//! positions at a time, the 27 input values of those positions are loaded once and every
+//! output channel's sum is accumulated in one register ([`simd::dense_row`]).
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use super::plane::{PaddedPlane, Window};
 use super::simd;
-
-/// Positions computed together: the block's slices of three polyphase-split input planes
-/// (12 slices of a little more than this) fit in a 32 KiB L1 data cache.
-const BLOCK: usize = 512;
 
 /// The largest number of input channels this kernel takes: beyond it tract's matrix product
 /// has enough products per output to be efficient.
@@ -60,7 +56,7 @@ impl EvalOp for StemConv3x3 {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (image, kernel, bias) = args_3!(inputs);
-        let mut output = Tensor::zero::<f32>(&self.output_shape(image.shape())?)?;
+        let mut output = super::output_tensor(&self.output_shape(image.shape())?)?;
         {
             let image = image.try_as_plain_ram()?;
             let kernel = kernel.try_as_plain_ram()?;
@@ -130,15 +126,20 @@ impl StemConv3x3 {
         let (h, w) = self.window.in_hw;
         let (oh, ow) = self.window.out_hw;
         let (cin, cout) = (self.in_channels, self.out_channels);
-        ensure!(kernel.len() == 9 * cin * cout && (bias.len() == cout || bias.len() == 1));
+        let count = 9 * cin;
+        ensure!(count <= simd::MAX_TAPS && kernel.len() == count * cout);
         ensure!(
             image.len() / (cin * h * w) == out.len() / (cout * oh * ow),
             "image and output differ"
         );
+        let bias: Vec<f32> = match bias.len() {
+            1 => vec![bias[0]; cout],
+            n if n == cout => bias.to_vec(),
+            n => bail!("bias has {n} values for {cout} channels"),
+        };
         let mut planes: Vec<PaddedPlane> =
             (0..cin).map(|_| PaddedPlane::new(self.window)).collect();
-        let span = self.window.span();
-        let mut computed = vec![0.0; BLOCK];
+        let pitch = self.window.pitch();
         let images = image
             .chunks_exact(cin * h * w)
             .zip(out.chunks_exact_mut(cout * oh * ow));
@@ -146,31 +147,21 @@ impl StemConv3x3 {
             for (padded, plane) in planes.iter_mut().zip(image.chunks_exact(h * w)) {
                 padded.load(plane, 0.0);
             }
-            for start in (0..span).step_by(BLOCK) {
-                let end = span.min(start + BLOCK);
-                for co in 0..cout {
-                    let acc = &mut computed[..end - start];
-                    acc.fill(if bias.len() == 1 { bias[0] } else { bias[co] });
-                    for (ci, padded) in planes.iter().enumerate() {
-                        let weights = &kernel[9 * (co * cin + ci)..9 * (co * cin + ci) + 9];
-                        for t in [0, 3, 6] {
-                            simd::multiply_add_3(
-                                acc,
-                                [
-                                    &padded.tap(t)[start..end],
-                                    &padded.tap(t + 1)[start..end],
-                                    &padded.tap(t + 2)[start..end],
-                                ],
-                                [weights[t], weights[t + 1], weights[t + 2]],
-                            );
-                        }
-                    }
-                    if self.relu {
-                        simd::clamp_below(acc, 0.0);
-                    }
-                    // Store the block's share of channel `co` now, while it is in cache.
-                    planes[0].store_range(acc, start, &mut out[co * oh * ow..(co + 1) * oh * ow]);
+            for y in 0..oh {
+                // Tap (ci, ky, kx) of every position of output row y, in the kernel's order.
+                let mut taps: [&[f32]; simd::MAX_TAPS] = [&[]; simd::MAX_TAPS];
+                for (t, tap) in taps[..count].iter_mut().enumerate() {
+                    *tap = &planes[t / 9].tap(t % 9)[y * pitch..y * pitch + ow];
                 }
+                simd::dense_row(
+                    &taps[..count],
+                    kernel,
+                    &bias,
+                    self.relu,
+                    out,
+                    y * ow,
+                    oh * ow,
+                );
             }
         }
         Ok(())

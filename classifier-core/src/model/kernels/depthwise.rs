@@ -43,7 +43,7 @@ impl EvalOp for Depthwise3x3 {
         let (image, kernel, bias) = args_3!(inputs);
         let shape = self.window.output_shape(image.shape())?;
         let c = shape[shape.len() - 3];
-        let mut output = Tensor::zero::<f32>(&shape)?;
+        let mut output = super::output_tensor(&shape)?;
         {
             let image = image.try_as_plain_ram()?;
             let kernel = kernel.try_as_plain_ram()?;

@@ -34,7 +34,7 @@ impl EvalOp for MaxPool3x3 {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let image = args_1!(inputs);
-        let mut output = Tensor::zero::<f32>(&self.window.output_shape(image.shape())?)?;
+        let mut output = super::output_tensor(&self.window.output_shape(image.shape())?)?;
         {
             let image = image.try_as_plain_ram()?;
             let mut out = output.try_as_plain_ram_mut()?;

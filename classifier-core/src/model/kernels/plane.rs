@@ -158,24 +158,6 @@ impl PaddedPlane {
         &self.data[start..start + self.window.span()]
     }
 
-    /// Copy computed values for the positions `start..start + computed.len()` to the output
-    /// plane, dropping the unread columns.
-    pub fn store_range(&self, computed: &[f32], start: usize, out: &mut [f32]) {
-        let (pitch, ow) = (self.window.pitch(), self.window.out_hw.1);
-        let end = start + computed.len();
-        let mut position = start;
-        while position < end {
-            let (y, x) = (position / pitch, position % pitch);
-            let row_end = end.min(y * pitch + pitch);
-            if x < ow {
-                let stop = row_end.min(y * pitch + ow);
-                out[y * ow + x..y * ow + (stop - y * pitch)]
-                    .copy_from_slice(&computed[position - start..stop - start]);
-            }
-            position = row_end;
-        }
-    }
-
     /// Copy the computed values of a plane (`span()` of them) to the output plane, dropping the
     /// unread columns.
     pub fn store(&self, computed: &[f32], out: &mut [f32]) {
@@ -232,14 +214,6 @@ mod tests {
             let computed: Vec<f32> = (0..window.span()).map(|v| v as f32).collect();
             let mut out = vec![0.0; out_hw.0 * out_hw.1];
             padded.store(&computed, &mut out);
-            let mut in_blocks = vec![0.0; out_hw.0 * out_hw.1];
-            for block in [1, 4, 5, 64] {
-                for start in (0..window.span()).step_by(block) {
-                    let end = window.span().min(start + block);
-                    padded.store_range(&computed[start..end], start, &mut in_blocks);
-                }
-                assert_eq!(in_blocks, out, "blocks of {block}");
-            }
             for y in 0..out_hw.0 {
                 for x in 0..out_hw.1 {
                     assert_eq!(out[y * out_hw.1 + x], (y * window.pitch() + x) as f32);

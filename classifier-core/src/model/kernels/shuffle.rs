@@ -47,11 +47,11 @@ impl EvalOp for ShuffleSplit {
         let mut whole_shape = shape.clone();
         whole_shape[shape.len() - 3] = 2 * c;
         let (mut first, mut second) = if self.split {
-            (Tensor::zero::<f32>(&shape)?, Tensor::zero::<f32>(&shape)?)
+            (super::output_tensor(&shape)?, super::output_tensor(&shape)?)
         } else {
             (
-                Tensor::zero::<f32>(&whole_shape)?,
-                Tensor::zero::<f32>(&[0])?,
+                super::output_tensor(&whole_shape)?,
+                super::output_tensor(&[0])?,
             )
         };
         {
@@ -234,9 +234,9 @@ mod tests {
         let (c, plane) = (3, 2);
         let a: Vec<f32> = (0..2 * c * plane).map(|v| v as f32).collect();
         let b: Vec<f32> = (0..2 * c * plane).map(|v| 100.0 + v as f32).collect();
-        let (mut first, mut second) = (vec![0.0; a.len()], vec![0.0; a.len()]);
+        let (mut first, mut second) = (vec![f32::NAN; a.len()], vec![f32::NAN; a.len()]);
         shuffle_split(c * plane, plane, [&a, &b], [&mut first, &mut second]);
-        let mut whole = vec![0.0; 2 * a.len()];
+        let mut whole = vec![f32::NAN; 2 * a.len()];
         shuffle_split(c * plane, plane, [&a, &b], [&mut whole, &mut []]);
         // The reference: concat, [2, c] -> [c, 2], flatten, split.
         for n in 0..2 {

@@ -4,29 +4,33 @@
 //! is compiled for baseline x86-64 (SSE2, 4 floats), so each primitive also exists compiled
 //! for AVX-512F (16 floats) and AVX2 (8 floats) and picks the widest the CPU has. Our kernels
 //! call them once per tap row of a whole plane (hundreds of values), so the check costs
-//! nothing measurable. The arithmetic is the same either way (no fused multiply-add is formed
-//! without `mul_add`), so results do not depend on the CPU.
+//! nothing measurable. With FMA the multiply-adds are fused (one rounding instead of two, and
+//! half the instructions), so results differ between CPUs with and without FMA in the last
+//! bits, as onnxruntime's and tract's do.
 
 /// Defines a public primitive that runs its body compiled for AVX-512F or AVX2 + FMA when
-/// the CPU has them (checked once per call, a cached atomic load), else as compiled.
+/// the CPU has them (checked once per call, a cached atomic load), else as compiled. The body
+/// is generic over `const FMA: bool`, true when fused multiply-adds are available (see
+/// [`madd`]).
 macro_rules! vectorized {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
         $(#[$doc])*
         pub(crate) fn $name($($arg: $ty),*) {
             #[inline(always)]
-            fn body($($arg: $ty),*) $body
+            #[allow(unused)]
+            fn body<const FMA: bool>($($arg: $ty),*) $body
 
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f")]
+                #[target_feature(enable = "avx512f,fma")]
                 unsafe fn avx512($($arg: $ty),*) {
-                    body($($arg),*)
+                    body::<true>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) {
-                    body($($arg),*)
+                    body::<true>($($arg),*)
                 }
-                if std::is_x86_feature_detected!("avx512f") {
+                if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
                     // SAFETY: the CPU has every feature `avx512` is compiled with.
                     return unsafe { avx512($($arg),*) };
                 }
@@ -35,9 +39,20 @@ macro_rules! vectorized {
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            body($($arg),*)
+            body::<false>($($arg),*)
         }
     };
+}
+
+/// `acc + w * x`, fused (one rounding) when `FMA`; without hardware FMA `mul_add` would be a
+/// slow library call, so then it is a multiply and an add.
+#[inline(always)]
+fn madd<const FMA: bool>(w: f32, x: f32, acc: f32) -> f32 {
+    if FMA {
+        w.mul_add(x, acc)
+    } else {
+        acc + w * x
+    }
 }
 
 vectorized! {
@@ -48,7 +63,7 @@ vectorized! {
         let n = out.len();
         let (a0, a1, a2) = (&a[0][..n], &a[1][..n], &a[2][..n]);
         for (((o, &x0), &x1), &x2) in out.iter_mut().zip(a0).zip(a1).zip(a2) {
-            *o += w[0] * x0 + w[1] * x1 + w[2] * x2;
+            *o = madd::<FMA>(w[2], x2, madd::<FMA>(w[1], x1, madd::<FMA>(w[0], x0, *o)));
         }
     }
 }
@@ -69,13 +84,92 @@ vectorized! {
     }
 }
 
-vectorized! {
-    /// `values[x] = max(values[x], floor)` for every `x` (a ReLU when `floor` is 0).
-    fn clamp_below(values: &mut [f32], floor: f32) {
-        for v in values.iter_mut() {
-            *v = if *v > floor { *v } else { floor };
+/// Lanes of the register-blocked dense kernel: one AVX-512 register of positions.
+const LANES: usize = 16;
+
+/// The most taps (input channels × 9) [`dense_row`] takes.
+pub(crate) const MAX_TAPS: usize = 36;
+
+/// One output row of a dense convolution with few taps, for every output channel:
+/// `out[co * plane + offset + x] = bias[co] + sum_t weights[co * T + t] * taps[t][x]` (then
+/// clamped at 0 if `relu`), for `x` in `0..taps[0].len()`, with `T = taps.len()` at most
+/// [`MAX_TAPS`] and every tap as long as the first.
+///
+/// With AVX-512, positions go 16 at a time: their values for every tap are loaded into
+/// registers once, then each output channel's sum stays in one register (written with
+/// intrinsics: the compiler's vectorizer split such a 16-float array into pieces).
+pub(crate) fn dense_row(
+    taps: &[&[f32]],
+    weights: &[f32],
+    bias: &[f32],
+    relu: bool,
+    out: &mut [f32],
+    offset: usize,
+    plane: usize,
+) {
+    let n = taps.first().map_or(0, |t| t.len());
+    let count = taps.len();
+    assert!(count <= MAX_TAPS && taps.iter().all(|t| t.len() == n));
+    assert!(weights.len() >= count * bias.len());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        done = unsafe { dense_row_avx512(taps, weights, bias, relu, out, offset, plane) };
+    }
+    for x in done..n {
+        for (co, &b) in bias.iter().enumerate() {
+            let w = &weights[co * count..(co + 1) * count];
+            let sum = taps
+                .iter()
+                .zip(w)
+                .fold(b, |acc, (tap, &wt)| acc + wt * tap[x]);
+            out[co * plane + offset + x] = if relu && sum < 0.0 { 0.0 } else { sum };
         }
     }
+}
+
+/// [`dense_row`] for the positions in whole groups of 16; returns how many it did.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn dense_row_avx512(
+    taps: &[&[f32]],
+    weights: &[f32],
+    bias: &[f32],
+    relu: bool,
+    out: &mut [f32],
+    offset: usize,
+    plane: usize,
+) -> usize {
+    use std::arch::x86_64::*;
+    let n = taps.first().map_or(0, |t| t.len());
+    let count = taps.len();
+    let mut x = 0;
+    while x + LANES <= n {
+        let mut values = [_mm512_setzero_ps(); MAX_TAPS];
+        for (v, tap) in values.iter_mut().zip(taps) {
+            let lanes: &[f32; LANES] = tap[x..x + LANES].try_into().expect("16 values");
+            // SAFETY: `lanes` is 16 readable floats.
+            *v = unsafe { _mm512_loadu_ps(lanes.as_ptr()) };
+        }
+        for (co, &b) in bias.iter().enumerate() {
+            let w = &weights[co * count..(co + 1) * count];
+            let mut acc = _mm512_set1_ps(b);
+            for (&v, &wt) in values[..count].iter().zip(w) {
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(wt), v, acc);
+            }
+            if relu {
+                acc = _mm512_max_ps(acc, _mm512_setzero_ps());
+            }
+            let at = co * plane + offset + x;
+            let target: &mut [f32; LANES] =
+                (&mut out[at..at + LANES]).try_into().expect("16 values");
+            // SAFETY: `target` is 16 writable floats.
+            unsafe { _mm512_storeu_ps(target.as_mut_ptr(), acc) };
+        }
+        x += LANES;
+    }
+    x
 }
 
 vectorized! {
