@@ -54,6 +54,10 @@ struct Args {
 struct Stats {
     e2e: Vec<f64>,
     accept: Vec<f64>,
+    /// From the 202 to the terminal status (WebSocket message or poll answer).
+    wait: Vec<f64>,
+    /// The GET of the result.
+    fetch: Vec<f64>,
     errors: BTreeMap<String, usize>,
 }
 
@@ -102,6 +106,8 @@ async fn main() -> anyhow::Result<()> {
     let mut s = std::mem::take(&mut *stats.lock().unwrap());
     s.e2e.sort_by(f64::total_cmp);
     s.accept.sort_by(f64::total_cmp);
+    s.wait.sort_by(f64::total_cmp);
+    s.fetch.sort_by(f64::total_cmp);
     let ms = |v: f64| v * 1e3;
     println!(
         "image {} | concurrency {} | {} | {:.1} s",
@@ -126,6 +132,12 @@ async fn main() -> anyhow::Result<()> {
         ms(percentile(&s.accept, 50.0)),
         ms(percentile(&s.accept, 99.0)),
         s.accept.len()
+    );
+    println!(
+        "p50 ms of the phases: accept {:.2} | 202 to terminal status {:.2} | result GET {:.2}",
+        ms(percentile(&s.accept, 50.0)),
+        ms(percentile(&s.wait, 50.0)),
+        ms(percentile(&s.fetch, 50.0))
     );
     println!("errors: {:?}", s.errors);
     Ok(())
@@ -168,6 +180,7 @@ async fn one_job(
     }
     let ticket: serde_json::Value = resp.json().await.map_err(|e| format!("submit body: {e}"))?;
     let id = ticket["job_id"].as_str().ok_or("no job_id")?.to_string();
+    let t1 = Instant::now();
     let status = if args.ws {
         let ws_url = format!(
             "{}/api/v1/status/{id}/ws",
@@ -209,6 +222,7 @@ async fn one_job(
     if status != "completed" {
         return Err(format!("job {status}"));
     }
+    let t2 = Instant::now();
     let resp = with_key(client.get(format!("{}/api/v1/result/{id}", args.url)))
         .send()
         .await
@@ -219,6 +233,8 @@ async fn one_job(
     let _ = resp.bytes().await;
     let mut s = stats.lock().unwrap();
     s.accept.push(accept);
+    s.wait.push((t2 - t1).as_secs_f64());
+    s.fetch.push(t2.elapsed().as_secs_f64());
     s.e2e.push(t0.elapsed().as_secs_f64());
     Ok(())
 }
