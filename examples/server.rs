@@ -106,7 +106,11 @@ async fn run(config: Config, redis_prefix: String) -> anyhow::Result<()> {
     if !config.result_cache {
         builder = builder.result_cache(None);
     }
-    builder = builder.inference_nice(config.inference_nice);
+    builder = if config.inference_idle {
+        builder.inference_idle(true)
+    } else {
+        builder.inference_nice(config.inference_nice)
+    };
     let service = builder.build().await?;
 
     let listener = tokio::net::TcpListener::bind(addr).await?;

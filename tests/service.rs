@@ -442,6 +442,63 @@ fn thread_niceness(name: &str) -> Vec<i64> {
     out
 }
 
+/// The scheduling policy of this process's threads named `name*` (Linux: field 41 of
+/// `/proc/.../stat`; 0 is normal, 5 is `SCHED_IDLE`).
+fn thread_policies(name: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let dir = task.expect("task").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.trim_end().starts_with(name) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let policy = rest.split(' ').nth(38).expect("policy field");
+        out.push(policy.parse().expect("policy is a number"));
+    }
+    out
+}
+
+/// With `inference_idle`, the inference threads run under `SCHED_IDLE` and still classify.
+/// (Other tests of this binary run their own inference threads at the normal policy, so
+/// this looks for one idle thread, not for all.)
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_inference_threads_still_classify() {
+    const SCHED_IDLE: i64 = 5;
+    let backend = backend(patient_queue());
+    let service = Service::builder()
+        .backend(backend.clone())
+        .workers(1)
+        .inference_idle(true)
+        .build()
+        .await
+        .expect("service builds");
+    let mut seen = Vec::new();
+    for _ in 0..500 {
+        seen = thread_policies("inference-");
+        if seen.contains(&SCHED_IDLE) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        seen.contains(&SCHED_IDLE),
+        "an inference thread under SCHED_IDLE: {seen:?}"
+    );
+    let (name, photo) = &photos()[0];
+    let ticket = service
+        .submit(photo.clone().into(), opts(Priority::Normal))
+        .await
+        .expect("submit");
+    let record = wait_terminal(&service, ticket.job_id).await;
+    assert_eq!(record.status, JobStatus::Completed);
+    let result = service.result(ticket.job_id).await.expect("result");
+    assert_eq!(result.predictions[0].class_id, expected_top1()[name]);
+    service.shutdown().await;
+}
+
 /// A large JPEG through the whole service with the result cache on: it is classified (at
 /// reduced decode size) like the same photo, the record keeps the sha256 of exactly the
 /// uploaded bytes, and a second upload is answered from the cache under the same digest. The

@@ -66,6 +66,12 @@ pub struct Config {
     /// 9.9 ms) at the same throughput (BENCHMARKS.md). 0 treats them like every thread.
     #[arg(long = "inference-nice", env = "INFERENCE_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub inference_nice: i32,
+    /// Schedule the inference threads with `SCHED_IDLE` (Linux): they only use cycles that
+    /// accepting, decoding and answering requests leave free, so the accept latency of a
+    /// saturated server stays that of an idle one (BENCHMARKS.md). Overrides
+    /// `INFERENCE_NICE`; `false` falls back to it.
+    #[arg(long = "inference-idle", env = "INFERENCE_IDLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub inference_idle: bool,
     /// Largest accepted image file, in bytes (exactly this size is accepted).
     #[arg(
         long = "max-file-size",
@@ -424,5 +430,13 @@ mod tests {
         assert_eq!(c.inference_nice, 19);
         assert!(Config::try_parse_from(["server", "--inference-nice", "20"]).is_err());
         assert!(Config::try_parse_from(["server", "--inference-nice", "-1"]).is_err());
+    }
+
+    #[test]
+    fn inference_idle_defaults_to_on_and_can_be_turned_off() {
+        assert!(Config::try_parse_from(["server"]).unwrap().inference_idle);
+        let c = Config::try_parse_from(["server", "--inference-idle", "false"]).unwrap();
+        assert!(!c.inference_idle);
+        assert!(Config::try_parse_from(["server", "--inference-idle", "maybe"]).is_err());
     }
 }

@@ -33,7 +33,7 @@ use crate::job::{JobEvent, JobId, JobRecord, JobResult, JobStatus, Priority, Sub
 use crate::metrics::Metrics;
 use crate::model::{EngineOptions, Manifest, ModelLocator, ModelRegistry};
 use crate::postprocess::top_k;
-use crate::worker::pool::{InferencePool, PREDICT_PRIORITY};
+use crate::worker::pool::{InferencePool, InferencePriority, PREDICT_PRIORITY};
 use crate::worker::{BatchPolicy, RuntimeConfig, ServiceTimeEstimator, WorkerRuntime};
 use crate::{Classification, Timings};
 
@@ -127,7 +127,7 @@ pub struct ServiceBuilder {
     metrics: Option<Arc<Metrics>>,
     manifest_path: Option<std::path::PathBuf>,
     result_cache: Option<Duration>,
-    inference_nice: i32,
+    inference_priority: InferencePriority,
 }
 
 /// How long cached results live by default (as long as results do).
@@ -149,7 +149,7 @@ impl Default for ServiceBuilder {
             shutdown_grace: Duration::from_secs(30),
             manifest_path: None,
             result_cache: Some(DEFAULT_RESULT_CACHE_TTL),
-            inference_nice: 0,
+            inference_priority: InferencePriority::Nice(0),
             // Measured (BENCHMARKS.md): with tract, a batch of 8 costs 1.4x (ShuffleNet) to
             // 2.3x (MobileNet) more CPU per image than batch 1, and intra-op threads are
             // slower on these small models. So: one image per tract call, one call per core.
@@ -263,7 +263,19 @@ impl ServiceBuilder {
     /// saturated server without changing its throughput (BENCHMARKS.md, HTTP load); it also
     /// yields the cores to other processes on the machine.
     pub fn inference_nice(mut self, nice: i32) -> Self {
-        self.inference_nice = nice.clamp(0, 19);
+        self.inference_priority = InferencePriority::Nice(nice.clamp(0, 19));
+        self
+    }
+    /// Schedule the inference threads with `SCHED_IDLE` (Linux; elsewhere ignored): they run
+    /// only on cycles no other thread wants, so a saturated server accepts and answers at
+    /// the latency of an idle one (BENCHMARKS.md, HTTP load). Replaces any niceness; `false`
+    /// goes back to niceness 0.
+    pub fn inference_idle(mut self, idle: bool) -> Self {
+        self.inference_priority = if idle {
+            InferencePriority::Idle
+        } else {
+            InferencePriority::Nice(0)
+        };
         self
     }
     /// Record into these metrics (default: a fresh registry).
@@ -320,7 +332,7 @@ impl ServiceBuilder {
         let pool = Arc::new(InferencePool::start(
             workers.max(1),
             policy,
-            self.inference_nice,
+            self.inference_priority,
             metrics.clone(),
             eta.clone(),
         )?);

@@ -29,6 +29,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 pub use batcher::{Announcement, BatchPolicy, BatchQueue};
 pub use eta::ServiceTimeEstimator;
+pub use pool::InferencePriority;
 
 use crate::backend::{transition, Backend, Lease, NackOutcome, WorkerInfo};
 use crate::job::{JobEvent, JobStatus};

@@ -45,11 +45,11 @@ pub(crate) struct InferencePool {
 }
 
 impl InferencePool {
-    /// Start `threads` inference threads.
+    /// Start `threads` inference threads at `priority`.
     pub fn start(
         threads: usize,
         policy: BatchPolicy,
-        nice: i32,
+        priority: InferencePriority,
         metrics: Arc<Metrics>,
         eta: Arc<ServiceTimeEstimator>,
     ) -> Result<InferencePool> {
@@ -59,8 +59,8 @@ impl InferencePool {
             std::thread::Builder::new()
                 .name(format!("inference-{i}"))
                 .spawn(move || {
-                    if nice != 0 {
-                        lower_priority(nice);
+                    if priority != InferencePriority::Nice(0) {
+                        lower_priority(priority);
                     }
                     while let Some(batch) = q.next_batch(&policy) {
                         run_batch(batch, &m, &e);
@@ -116,23 +116,49 @@ impl Drop for InferencePool {
     }
 }
 
-/// Give the calling thread the niceness `nice` (Linux: `setpriority` on the thread id
-/// changes this thread only). A failure is logged: the thread keeps running at the default.
+/// How the inference threads are scheduled against the rest of the machine (Linux; elsewhere
+/// they run at the default priority).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InferencePriority {
+    /// A niceness from 0 (like every other thread) to 19: when every core is busy, the
+    /// other threads get proportionally more of them.
+    Nice(i32),
+    /// `SCHED_IDLE`: inference runs only on cycles no normal thread wants, so accepting,
+    /// decoding and answering requests are never delayed by it. Inference still gets every
+    /// core the rest of the process leaves idle.
+    Idle,
+}
+
+/// Apply `priority` to the calling thread (Linux: `setpriority` / `sched_setscheduler` on the
+/// thread id change this thread only). A failure is logged: the thread keeps running at the
+/// default.
 #[cfg(target_os = "linux")]
-fn lower_priority(nice: i32) {
-    // SAFETY: `gettid` has no preconditions; `setpriority` only reads its integer arguments.
+fn lower_priority(priority: InferencePriority) {
+    // SAFETY: `gettid` has no preconditions; `setpriority` only reads its integer arguments,
+    // and `sched_setscheduler` reads the `sched_param` it is given, which lives on this stack.
     let result = unsafe {
         let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+        match priority {
+            InferencePriority::Nice(nice) => {
+                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+            }
+            InferencePriority::Idle => {
+                let param = libc::sched_param { sched_priority: 0 };
+                libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param)
+            }
+        }
     };
     if result != 0 {
-        tracing::warn!(nice, error = %std::io::Error::last_os_error(), "inference thread priority unchanged");
+        tracing::warn!(?priority, error = %std::io::Error::last_os_error(), "inference thread priority unchanged");
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_priority(nice: i32) {
-    tracing::debug!(nice, "inference thread niceness is only supported on Linux");
+fn lower_priority(priority: InferencePriority) {
+    tracing::debug!(
+        ?priority,
+        "inference thread priority is only supported on Linux"
+    );
 }
 
 fn run_batch(batch: Vec<InferRequest>, metrics: &Metrics, eta: &ServiceTimeEstimator) {

@@ -402,7 +402,8 @@ fn due_in(delay: Duration) -> DateTime<Utc> {
     let now = Utc::now();
     let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::days(365));
     let at = now.checked_add_signed(delay).unwrap_or(now);
-    let ms = at.timestamp_millis() + i64::from(!at.timestamp_subsec_nanos().is_multiple_of(1_000_000));
+    let ms =
+        at.timestamp_millis() + i64::from(!at.timestamp_subsec_nanos().is_multiple_of(1_000_000));
     DateTime::from_timestamp_millis(ms).unwrap_or(at)
 }
 
