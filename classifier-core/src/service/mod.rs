@@ -414,14 +414,12 @@ struct Inner {
     started: Instant,
 }
 
-/// What the result cache says about an upload.
-enum CacheLookup {
-    /// The cache is off: nothing was hashed.
-    Off,
-    /// No entry; the upload's sha256 (hex) is kept for the job record.
-    Miss(String),
-    /// A stored result for the same bytes and model version.
-    Hit(String, Box<JobResult>),
+/// What an upload turned into on admission.
+enum Admitted {
+    /// A stored result for the same bytes (sha256 hex) and model version.
+    Cached(String, Box<JobResult>),
+    /// Validated, decoded and cropped, with its sha256.
+    Prepared(submit::PreparedUpload),
 }
 
 /// The job service. Cheap to clone (an `Arc` inside).
@@ -481,21 +479,12 @@ impl Service {
             .inner
             .registry
             .route(options.model_version.as_deref())?;
-        let lookup = self.cached(&image, &spec.entry.version).await?;
-        let sha256 = match lookup {
-            CacheLookup::Hit(sha256, hit) => {
+        let prepared = match self.admit(image, &spec).await? {
+            Admitted::Cached(sha256, hit) => {
                 return self.submit_cached(sha256, *hit, &options, &spec).await;
             }
-            CacheLookup::Miss(sha256) => Some(sha256),
-            CacheLookup::Off => None,
+            Admitted::Prepared(prepared) => prepared,
         };
-        let prepared = submit::prepare_upload_blocking(
-            self.inner.registry.validation().clone(),
-            spec.preprocessor.clone(),
-            image,
-            sha256,
-        )
-        .await?;
         let now = Utc::now();
         let record = JobRecord::new(
             JobId::new(),
@@ -521,25 +510,32 @@ impl Service {
         })
     }
 
-    /// Looks the upload up in the result cache (if it is on): its sha256 is computed on the
-    /// blocking pool, and a hit is counted in `classifier_result_cache_hits_total`. A
-    /// backend error is logged and treated as a miss.
-    async fn cached(&self, image: &Bytes, version: &str) -> Result<CacheLookup> {
-        if self.inner.result_cache.is_none() {
-            return Ok(CacheLookup::Off);
-        }
+    /// Admit an upload: hash it, and answer from the result cache (if it is on) or validate,
+    /// decode and crop it. The decode starts first, on the blocking pool, and the hash runs on
+    /// another blocking thread meanwhile, so on a server with an idle core neither waits for
+    /// the other. On a cache hit the decode is not awaited (it finishes in the background and
+    /// is dropped). A cache backend error is logged and treated as a miss.
+    async fn admit(&self, image: Bytes, spec: &crate::model::ModelSpec) -> Result<Admitted> {
+        let prepare = submit::start_prepare(
+            self.inner.registry.validation().clone(),
+            spec.preprocessor.clone(),
+            image.clone(),
+        );
         let sha256 = submit::sha256_blocking(image.clone()).await?;
-        match self.inner.backend.cached_result(&sha256, version).await {
-            Ok(Some(hit)) if hit.image_metadata.file_size == image.len() => {
-                self.inner.metrics.result_cache_hit();
-                Ok(CacheLookup::Hit(sha256, Box::new(hit)))
-            }
-            Ok(_) => Ok(CacheLookup::Miss(sha256)),
-            Err(e) => {
-                tracing::warn!(error = %e, "result cache lookup failed; classifying");
-                Ok(CacheLookup::Miss(sha256))
+        if self.inner.result_cache.is_some() {
+            let version = &spec.entry.version;
+            match self.inner.backend.cached_result(&sha256, version).await {
+                Ok(Some(hit)) if hit.image_metadata.file_size == image.len() => {
+                    self.inner.metrics.result_cache_hit();
+                    return Ok(Admitted::Cached(sha256, Box::new(hit)));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "result cache lookup failed; classifying"),
             }
         }
+        Ok(Admitted::Prepared(
+            submit::finish_prepare(prepare, sha256).await?,
+        ))
     }
 
     /// A cache hit becomes a job that is completed at once (no queue, no inference); its
@@ -780,8 +776,8 @@ impl Service {
     ) -> Result<Classification> {
         self.check_running()?;
         let spec = self.inner.registry.route(model_version)?;
-        let sha256 = match self.cached(&image, &spec.entry.version).await? {
-            CacheLookup::Hit(_, hit) => {
+        let prepared = match self.admit(image, &spec).await? {
+            Admitted::Cached(_, hit) => {
                 return Ok(Classification {
                     model_version: hit.model_version,
                     predictions: hit.predictions,
@@ -789,16 +785,8 @@ impl Service {
                     timings: Timings::default(),
                 });
             }
-            CacheLookup::Miss(sha256) => Some(sha256),
-            CacheLookup::Off => None,
+            Admitted::Prepared(prepared) => prepared,
         };
-        let prepared = submit::prepare_upload_blocking(
-            self.inner.registry.validation().clone(),
-            spec.preprocessor.clone(),
-            image,
-            sha256,
-        )
-        .await?;
         let classifier = self.inner.registry.get(Some(&spec.entry.version)).await?;
         let inferred = self
             .inner

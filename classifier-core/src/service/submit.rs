@@ -26,12 +26,12 @@ pub(crate) struct PreparedUpload {
 /// decoded at a reduced size in the DCT domain when that keeps enough pixels for the resize
 /// ([`ValidationConfig::decode_for`]); whatever the reduced decoder cannot read goes to the
 /// full-size decoder, so a damaged file is refused just the same. `sha256` is the digest of
-/// `bytes` if the caller already computed it. Blocking: run it with `spawn_blocking`.
+/// `bytes`, computed by the caller (in parallel). Blocking: run it with `spawn_blocking`.
 pub(crate) fn prepare_upload(
     validation: &ValidationConfig,
     preprocessor: &Preprocessor,
     bytes: &[u8],
-    sha256: Option<String>,
+    sha256: String,
 ) -> Result<PreparedUpload> {
     let started = Instant::now();
     let decoded = validation.decode_for(bytes, preprocessor.spec().resize_shorter)?;
@@ -46,22 +46,34 @@ pub(crate) fn prepare_upload(
     };
     Ok(PreparedUpload {
         metadata: decoded.metadata,
-        sha256: sha256.unwrap_or_else(|| sha256_hex(bytes)),
+        sha256,
         crop,
         decode,
     })
 }
 
-/// Run [`prepare_upload`] on tokio's blocking pool.
-pub(crate) async fn prepare_upload_blocking(
+/// Start [`prepare_upload`] on tokio's blocking pool, for an upload whose digest is not known
+/// yet (it is set when the task is awaited with [`finish_prepare`]).
+pub(crate) fn start_prepare(
     validation: ValidationConfig,
     preprocessor: Preprocessor,
     bytes: bytes::Bytes,
-    sha256: Option<String>,
+) -> tokio::task::JoinHandle<Result<PreparedUpload>> {
+    tokio::task::spawn_blocking(move || {
+        prepare_upload(&validation, &preprocessor, &bytes, String::new())
+    })
+}
+
+/// Await a task of [`start_prepare`] and record the upload's digest.
+pub(crate) async fn finish_prepare(
+    task: tokio::task::JoinHandle<Result<PreparedUpload>>,
+    sha256: String,
 ) -> Result<PreparedUpload> {
-    tokio::task::spawn_blocking(move || prepare_upload(&validation, &preprocessor, &bytes, sha256))
+    let mut prepared = task
         .await
-        .map_err(|e| Error::Preprocess(format!("preparation task failed: {e}")))?
+        .map_err(|e| Error::Preprocess(format!("preparation task failed: {e}")))??;
+    prepared.sha256 = sha256;
+    Ok(prepared)
 }
 
 /// The sha256 (hex) of `bytes`, computed on tokio's blocking pool (a large upload would
