@@ -173,12 +173,24 @@ impl Engine {
             .map_err(&err)?
             .into_decluttered()
             .map_err(&err)?;
-        let substituted = if self.options.custom_kernels {
-            super::kernels::substitute(&mut model).map_err(&err)?
+        let mut substituted = Default::default();
+        if self.options.custom_kernels {
+            // A graph our rewrite cannot handle (a model from a reloaded manifest, say) keeps
+            // tract's operators rather than failing to load.
+            let mut rewritten = model.clone();
+            match super::kernels::substitute(&mut rewritten).and_then(|done| {
+                rewritten.optimize()?;
+                Ok(done)
+            }) {
+                Ok(done) => (model, substituted) = (rewritten, done),
+                Err(e) => {
+                    tracing::warn!(version = %self.version, error = %format!("{e:#}"), "own kernels not used for this model");
+                    model.optimize().map_err(&err)?;
+                }
+            }
         } else {
-            Default::default()
-        };
-        model.optimize().map_err(&err)?;
+            model.optimize().map_err(&err)?;
+        }
         let plan = model.into_runnable_with_options(&options).map_err(&err)?;
         tracing::debug!(
             version = %self.version,
