@@ -424,8 +424,9 @@ async fn a_full_queue_is_queue_full() {
     assert_eq!(err.code(), "SERVICE_UNAVAILABLE");
 }
 
-/// The niceness of this process's threads named `name*`, read from `/proc` (Linux).
-fn thread_niceness(name: &str) -> Vec<i64> {
+/// Field `field` (numbered as in proc(5): 19 is the niceness, 41 the scheduling policy) of
+/// `/proc/self/task/*/stat` for this process's threads named `name*` (Linux).
+fn thread_stat_field(name: &str, field: usize) -> Vec<i64> {
     let mut out = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
         let dir = task.expect("task").path();
@@ -434,30 +435,23 @@ fn thread_niceness(name: &str) -> Vec<i64> {
             continue;
         }
         let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
-        // Fields after the parenthesised name: state is field 3, nice is field 19.
+        // The fields after the parenthesised name start with field 3 (the state).
         let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-        let nice = rest.split(' ').nth(16).expect("nice field");
-        out.push(nice.parse().expect("nice is a number"));
+        let value = rest.split(' ').nth(field - 3).expect("stat field");
+        out.push(value.parse().expect("a number"));
     }
     out
 }
 
-/// The scheduling policy of this process's threads named `name*` (Linux: field 41 of
-/// `/proc/.../stat`; 0 is normal, 5 is `SCHED_IDLE`).
+/// The niceness of this process's threads named `name*`.
+fn thread_niceness(name: &str) -> Vec<i64> {
+    thread_stat_field(name, 19)
+}
+
+/// The scheduling policy of this process's threads named `name*` (0 is normal, 5 is
+/// `SCHED_IDLE`).
 fn thread_policies(name: &str) -> Vec<i64> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
-        let dir = task.expect("task").path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if !comm.trim_end().starts_with(name) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
-        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-        let policy = rest.split(' ').nth(38).expect("policy field");
-        out.push(policy.parse().expect("policy is a number"));
-    }
-    out
+    thread_stat_field(name, 41)
 }
 
 /// With `inference_idle`, the inference threads run under `SCHED_IDLE` and still classify.

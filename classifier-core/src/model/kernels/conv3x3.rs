@@ -55,44 +55,22 @@ impl EvalOp for StemConv3x3 {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (image, kernel, bias) = args_3!(inputs);
-        let mut output = super::output_tensor(&self.output_shape(image.shape())?)?;
-        {
-            let image = image.try_as_plain_ram()?;
-            let kernel = kernel.try_as_plain_ram()?;
-            let bias = bias.try_as_plain_ram()?;
-            let mut out = output.try_as_plain_ram_mut()?;
-            self.run(
-                image.as_slice::<f32>()?,
-                kernel.as_slice::<f32>()?,
-                bias.as_slice::<f32>()?,
-                out.as_slice_mut::<f32>()?,
-            )?;
-        }
-        Ok(tvec!(output.into_tvalue()))
+        ensure!(
+            inputs.len() == 3,
+            "StemConv3x3 takes image, kernel and bias"
+        );
+        let shape = self.output_shape(inputs[0].shape())?;
+        super::eval_into(&shape, &inputs, |values, out| {
+            self.run(values[0], values[1], values[2], out)
+        })
     }
 }
 
 impl TypedOp for StemConv3x3 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(
-            inputs.len() == 3,
-            "StemConv3x3 takes image, kernel and bias"
-        );
-        let shape = inputs[0]
-            .shape
-            .as_concrete()
-            .context("StemConv3x3 needs a concrete shape")?;
-        let shape = self.output_shape(shape)?;
-        ensure!(
-            inputs[1].shape.volume() == (9 * self.in_channels * self.out_channels).to_dim(),
-            "kernel must hold 9 values per input and output channel"
-        );
-        let b = inputs[2].shape.volume();
-        ensure!(
-            b == self.out_channels.to_dim() || b == 1.to_dim(),
-            "bias must hold one value per output channel or one"
-        );
+        let shape = self.output_shape(super::concrete_input("StemConv3x3", inputs, 3)?)?;
+        let kernel_values = 9 * self.in_channels * self.out_channels;
+        super::check_kernel_and_bias(inputs, kernel_values, self.out_channels)?;
         Ok(tvec!(f32::fact(shape)))
     }
 

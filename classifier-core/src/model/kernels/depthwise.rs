@@ -40,49 +40,24 @@ impl EvalOp for Depthwise3x3 {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (image, kernel, bias) = args_3!(inputs);
-        let shape = self.window.output_shape(image.shape())?;
+        ensure!(
+            inputs.len() == 3,
+            "Depthwise3x3 takes image, kernel and bias"
+        );
+        let shape = self.window.output_shape(inputs[0].shape())?;
         let c = shape[shape.len() - 3];
-        let mut output = super::output_tensor(&shape)?;
-        {
-            let image = image.try_as_plain_ram()?;
-            let kernel = kernel.try_as_plain_ram()?;
-            let bias = bias.try_as_plain_ram()?;
-            let mut out = output.try_as_plain_ram_mut()?;
-            run(
-                self.window,
-                c,
-                image.as_slice::<f32>()?,
-                kernel.as_slice::<f32>()?,
-                bias.as_slice::<f32>()?,
-                out.as_slice_mut::<f32>()?,
-            )?;
-        }
-        Ok(tvec!(output.into_tvalue()))
+        super::eval_into(&shape, &inputs, |values, out| {
+            run(self.window, c, values[0], values[1], values[2], out)
+        })
     }
 }
 
 impl TypedOp for Depthwise3x3 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(
-            inputs.len() == 3,
-            "Depthwise3x3 takes image, kernel and bias"
-        );
-        let shape = inputs[0]
-            .shape
-            .as_concrete()
-            .context("Depthwise3x3 needs a concrete shape")?;
+        let shape = super::concrete_input("Depthwise3x3", inputs, 3)?;
         let shape = self.window.output_shape(shape)?;
         let c = shape[shape.len() - 3];
-        ensure!(
-            inputs[1].shape.volume() == (9 * c).to_dim(),
-            "kernel must hold 9 values per channel"
-        );
-        let b = inputs[2].shape.volume();
-        ensure!(
-            b == c.to_dim() || b == 1.to_dim(),
-            "bias must hold one value per channel or one"
-        );
+        super::check_kernel_and_bias(inputs, 9 * c, c)?;
         Ok(tvec!(f32::fact(shape)))
     }
 

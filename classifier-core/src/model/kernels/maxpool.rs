@@ -33,28 +33,17 @@ impl EvalOp for MaxPool3x3 {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let image = args_1!(inputs);
-        let mut output = super::output_tensor(&self.window.output_shape(image.shape())?)?;
-        {
-            let image = image.try_as_plain_ram()?;
-            let mut out = output.try_as_plain_ram_mut()?;
-            run(
-                self.window,
-                image.as_slice::<f32>()?,
-                out.as_slice_mut::<f32>()?,
-            )?;
-        }
-        Ok(tvec!(output.into_tvalue()))
+        ensure!(inputs.len() == 1, "MaxPool3x3 takes one input");
+        let shape = self.window.output_shape(inputs[0].shape())?;
+        super::eval_into(&shape, &inputs, |values, out| {
+            run(self.window, values[0], out)
+        })
     }
 }
 
 impl TypedOp for MaxPool3x3 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs.len() == 1, "MaxPool3x3 takes one input");
-        let shape = inputs[0]
-            .shape
-            .as_concrete()
-            .context("MaxPool3x3 needs a concrete shape")?;
+        let shape = super::concrete_input("MaxPool3x3", inputs, 1)?;
         Ok(tvec!(f32::fact(self.window.output_shape(shape)?)))
     }
 

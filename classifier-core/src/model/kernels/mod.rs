@@ -22,6 +22,7 @@ mod shuffle;
 mod simd;
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PoolSpec};
 use tract_onnx::tract_core::ops::math::Max;
@@ -42,6 +43,65 @@ fn output_tensor(shape: &[usize]) -> TractResult<Tensor> {
     // element of its output before returning it: each one's unit test runs it on an output
     // filled with NaN and compares every element with the definition.
     unsafe { Tensor::uninitialized::<f32>(shape) }
+}
+
+/// Evaluate a kernel of this module: `kernel` gets the float32 values of every input and the
+/// output (of `shape`, not zeroed) to fill, which becomes the op's one result.
+fn eval_into(
+    shape: &[usize],
+    inputs: &[TValue],
+    kernel: impl FnOnce(&[&[f32]], &mut [f32]) -> TractResult<()>,
+) -> TractResult<TVec<TValue>> {
+    let mut output = output_tensor(shape)?;
+    {
+        let views = inputs
+            .iter()
+            .map(|t| t.try_as_plain_ram())
+            .collect::<TractResult<Vec<_>>>()?;
+        let values = views
+            .iter()
+            .map(|v| v.as_slice::<f32>())
+            .collect::<TractResult<Vec<_>>>()?;
+        let mut out = output.try_as_plain_ram_mut()?;
+        kernel(&values, out.as_slice_mut::<f32>()?)?;
+    }
+    Ok(tvec!(output.into_tvalue()))
+}
+
+/// The concrete shape of the first of `inputs`, after checking that there are `count` of them.
+fn concrete_input<'a>(
+    op: &str,
+    inputs: &[&'a TypedFact],
+    count: usize,
+) -> TractResult<&'a [usize]> {
+    ensure!(
+        inputs.len() == count,
+        "{op} takes {count} inputs, not {}",
+        inputs.len()
+    );
+    inputs[0]
+        .shape
+        .as_concrete()
+        .with_context(|| format!("{op} needs a concrete input shape"))
+}
+
+/// A convolution's kernel (input 1) holds `kernel_values` values and its bias (input 2) one
+/// value per output channel, or one shared value.
+fn check_kernel_and_bias(
+    inputs: &[&TypedFact],
+    kernel_values: usize,
+    channels: usize,
+) -> TractResult<()> {
+    ensure!(
+        inputs[1].shape.volume() == kernel_values.to_dim(),
+        "the kernel must hold {kernel_values} values"
+    );
+    let bias = inputs[2].shape.volume();
+    ensure!(
+        bias == channels.to_dim() || bias == 1.to_dim(),
+        "the bias must hold one value per output channel ({channels}) or one"
+    );
+    Ok(())
 }
 
 /// How many nodes [`substitute`] replaced.
