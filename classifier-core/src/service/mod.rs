@@ -418,8 +418,8 @@ struct Inner {
 enum Admitted {
     /// A stored result for the same bytes (sha256 hex) and model version.
     Cached(String, Box<JobResult>),
-    /// Validated, decoded and cropped, with its sha256.
-    Prepared(submit::PreparedUpload),
+    /// Validated, decoded and cropped; with its sha256 (hex).
+    Prepared(String, submit::PreparedUpload),
 }
 
 /// The job service. Cheap to clone (an `Arc` inside).
@@ -479,11 +479,11 @@ impl Service {
             .inner
             .registry
             .route(options.model_version.as_deref())?;
-        let prepared = match self.admit(image, &spec).await? {
+        let (sha256, prepared) = match self.admit(image, &spec).await? {
             Admitted::Cached(sha256, hit) => {
                 return self.submit_cached(sha256, *hit, &options, &spec).await;
             }
-            Admitted::Prepared(prepared) => prepared,
+            Admitted::Prepared(sha256, prepared) => (sha256, prepared),
         };
         let now = Utc::now();
         let record = JobRecord::new(
@@ -491,7 +491,7 @@ impl Service {
             &options,
             spec.entry.version.clone(),
             prepared.metadata,
-            prepared.sha256,
+            sha256,
             now,
         );
         self.inner
@@ -533,9 +533,8 @@ impl Service {
                 Err(e) => tracing::warn!(error = %e, "result cache lookup failed; classifying"),
             }
         }
-        Ok(Admitted::Prepared(
-            submit::finish_prepare(prepare, sha256).await?,
-        ))
+        let prepared = submit::finish_prepare(prepare).await?;
+        Ok(Admitted::Prepared(sha256, prepared))
     }
 
     /// A cache hit becomes a job that is completed at once (no queue, no inference); its
@@ -776,7 +775,7 @@ impl Service {
     ) -> Result<Classification> {
         self.check_running()?;
         let spec = self.inner.registry.route(model_version)?;
-        let prepared = match self.admit(image, &spec).await? {
+        let (sha256, prepared) = match self.admit(image, &spec).await? {
             Admitted::Cached(_, hit) => {
                 return Ok(Classification {
                     model_version: hit.model_version,
@@ -785,7 +784,7 @@ impl Service {
                     timings: Timings::default(),
                 });
             }
-            Admitted::Prepared(prepared) => prepared,
+            Admitted::Prepared(sha256, prepared) => (sha256, prepared),
         };
         let classifier = self.inner.registry.get(Some(&spec.entry.version)).await?;
         let inferred = self
@@ -826,7 +825,7 @@ impl Service {
             };
             let version = &classification.model_version;
             if let Err(e) = (self.inner.backend)
-                .cache_result(&prepared.sha256, version, &result, ttl)
+                .cache_result(&sha256, version, &result, ttl)
                 .await
             {
                 tracing::warn!(error = %e, "result not cached");

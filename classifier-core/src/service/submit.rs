@@ -13,8 +13,6 @@ use crate::service::payload::CropPayload;
 pub(crate) struct PreparedUpload {
     /// The image as received and displayed.
     pub metadata: ImageMetadata,
-    /// sha256 (hex) of the uploaded bytes.
-    pub sha256: String,
     /// The crop (its `prepare_time` covers decode + crop).
     pub crop: CropPayload,
     /// Time spent validating and decoding.
@@ -25,13 +23,12 @@ pub(crate) struct PreparedUpload {
 /// `INVALID_IMAGE`), then resize and center-crop for `preprocessor`. Large baseline JPEGs are
 /// decoded at a reduced size in the DCT domain when that keeps enough pixels for the resize
 /// ([`ValidationConfig::decode_for`]); whatever the reduced decoder cannot read goes to the
-/// full-size decoder, so a damaged file is refused just the same. `sha256` is the digest of
-/// `bytes`, computed by the caller (in parallel). Blocking: run it with `spawn_blocking`.
+/// full-size decoder, so a damaged file is refused just the same. Blocking: run it with
+/// [`start_prepare`].
 pub(crate) fn prepare_upload(
     validation: &ValidationConfig,
     preprocessor: &Preprocessor,
     bytes: &[u8],
-    sha256: String,
 ) -> Result<PreparedUpload> {
     let started = Instant::now();
     let decoded = validation.decode_for(bytes, preprocessor.spec().resize_shorter)?;
@@ -46,34 +43,26 @@ pub(crate) fn prepare_upload(
     };
     Ok(PreparedUpload {
         metadata: decoded.metadata,
-        sha256,
         crop,
         decode,
     })
 }
 
-/// Start [`prepare_upload`] on tokio's blocking pool, for an upload whose digest is not known
-/// yet (it is set when the task is awaited with [`finish_prepare`]).
+/// Start [`prepare_upload`] on tokio's blocking pool; await it with [`finish_prepare`].
 pub(crate) fn start_prepare(
     validation: ValidationConfig,
     preprocessor: Preprocessor,
     bytes: bytes::Bytes,
 ) -> tokio::task::JoinHandle<Result<PreparedUpload>> {
-    tokio::task::spawn_blocking(move || {
-        prepare_upload(&validation, &preprocessor, &bytes, String::new())
-    })
+    tokio::task::spawn_blocking(move || prepare_upload(&validation, &preprocessor, &bytes))
 }
 
-/// Await a task of [`start_prepare`] and record the upload's digest.
+/// The outcome of a task of [`start_prepare`].
 pub(crate) async fn finish_prepare(
     task: tokio::task::JoinHandle<Result<PreparedUpload>>,
-    sha256: String,
 ) -> Result<PreparedUpload> {
-    let mut prepared = task
-        .await
-        .map_err(|e| Error::Preprocess(format!("preparation task failed: {e}")))??;
-    prepared.sha256 = sha256;
-    Ok(prepared)
+    task.await
+        .map_err(|e| Error::Preprocess(format!("preparation task failed: {e}")))?
 }
 
 /// The sha256 (hex) of `bytes`, computed on tokio's blocking pool (a large upload would
