@@ -369,3 +369,20 @@ fn custom_kernels_match_tracts_own_operators() {
         0
     );
 }
+
+/// tract's AMX int8 matrix kernel reads past its input and crashed this test binary now and
+/// then on CPUs with AMX (quantized models): loading a model takes it out of tract's
+/// instruction set, unless `TRACT_CPU_ISA` says otherwise.
+#[test]
+fn tract_never_dispatches_to_its_amx_int8_kernels() {
+    let classifier = common::classifier("shufflenet-v2-qdq");
+    assert!(classifier.engine().run(vec![0.0; 3 * 224 * 224], 1).is_ok());
+    if std::env::var_os("TRACT_CPU_ISA").is_none() {
+        assert_eq!(
+            tract_linalg::knobs::TRACT_CPU_ISA.get().as_deref(),
+            Some("-amx-int8")
+        );
+        #[cfg(target_arch = "x86_64")]
+        assert!(!tract_linalg::isa::native().has(tract_linalg::isa::Isa::X86_64AmxInt8));
+    }
+}

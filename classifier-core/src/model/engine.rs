@@ -73,9 +73,37 @@ fn tract_err(version: &str) -> impl Fn(TractError) -> Error + '_ {
     }
 }
 
+/// Take Intel AMX int8 out of the instruction set tract dispatches to, unless the deployer set
+/// `TRACT_CPU_ISA` (tract's own knob) themselves. Runs once, before tract first probes the CPU.
+///
+/// On CPUs with AMX (Sapphire Rapids and later), tract 0.23.9 runs the integer matrix products
+/// of quantized models with its `avx512amx_mmm_i32_8x8` kernel, which reads past the end of its
+/// packed input: `gdb` caught the test process dying of SIGSEGV in its `tileloadd` of the B
+/// tile, in about one run in four (it depends on what lies after the buffer). With AMX int8
+/// removed tract uses its AVX-512 VNNI kernels for the same products.
+fn keep_tract_off_amx_int8() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use tract_linalg::isa::{native, Isa};
+            if std::env::var_os("TRACT_CPU_ISA").is_none() {
+                tract_linalg::knobs::TRACT_CPU_ISA.set(Some("-amx-int8".to_string()));
+            }
+            if native().has(Isa::X86_64AmxInt8) {
+                tracing::warn!(
+                    "tract uses its AMX int8 kernels, which can crash on quantized models \
+                     (TRACT_CPU_ISA=-amx-int8 avoids them)"
+                );
+            }
+        }
+    });
+}
+
 impl Engine {
     /// Parse `onnx_bytes` for `entry`, and build and check the batch-1 plan.
     pub fn load(entry: &ModelEntry, onnx_bytes: &[u8], options: EngineOptions) -> Result<Engine> {
+        keep_tract_off_amx_int8();
         let source = tract_onnx::onnx()
             .model_for_read(&mut Cursor::new(onnx_bytes))
             .map_err(tract_err(&entry.version))?;
