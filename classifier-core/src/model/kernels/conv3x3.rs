@@ -110,11 +110,7 @@ impl StemConv3x3 {
             image.len() / (cin * h * w) == out.len() / (cout * oh * ow),
             "image and output differ"
         );
-        let bias: Vec<f32> = match bias.len() {
-            1 => vec![bias[0]; cout],
-            n if n == cout => bias.to_vec(),
-            n => bail!("bias has {n} values for {cout} channels"),
-        };
+        let bias = super::per_channel_bias(bias, cout)?;
         let mut planes: Vec<PaddedPlane> =
             (0..cin).map(|_| PaddedPlane::new(self.window)).collect();
         let pitch = self.window.pitch();
