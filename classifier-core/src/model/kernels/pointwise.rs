@@ -167,8 +167,8 @@ impl Pointwise1x1 {
 }
 
 /// One image's 1×1 convolution: `out[co * pixels + p] = bias[co] + sum_ci weights[co * cin +
-/// ci] * image[ci * pixels + p]`, clamped at 0 if `relu`. The slices hold exactly `cin`
-/// (`bias.len()`) planes of `pixels` values, with `pixels` and `cin` at least 1.
+/// ci] * image[ci * pixels + p]`, clamped at 0 if `relu`. `image` holds exactly `cin` planes
+/// and `out` exactly `bias.len()` planes of `pixels` values, with `pixels` and `cin` at least 1.
 struct Product<'a> {
     image: &'a [f32],
     weights: &'a [f32],
