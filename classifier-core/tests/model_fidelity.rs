@@ -332,8 +332,12 @@ fn custom_kernels_match_tracts_own_operators() {
                 .unwrap();
             let diff = common::max_abs_diff(&a, &b);
             // Float models: only the summation order differs. Quantized ones may flip a
-            // requantization step where a sum lands on a rounding boundary.
-            let tol = if model.logits.is_some() { 1e-4 } else { 0.5 };
+            // requantization step where a sum lands on a rounding boundary, and the network
+            // carries it on: the QDQ ShuffleNet's float convolutions (ours since the 1×1
+            // kernel) differ from tract's by 3 steps of 0.147 (0.44), as much as tract and
+            // onnxruntime differ on that model (models README, section 6). Their fidelity to
+            // onnxruntime is checked by the reference tests; this bound catches gross errors.
+            let tol = if model.logits.is_some() { 1e-4 } else { 1.0 };
             assert!(
                 diff <= tol,
                 "{} batch {n}: logits differ by {diff}",
