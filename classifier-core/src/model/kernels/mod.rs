@@ -274,7 +274,8 @@ fn pointwise_match(model: &TypedModel, node: &TypedNode) -> TractResult<Option<P
         && einsum.operating_dt == f32::datum_type()
         && output_fact.datum_type == f32::datum_type();
     let (rank, out_rank, groups) = (image.len(), output.len(), weights.len().saturating_sub(1));
-    if !all_f32 || groups == 0 || rank < groups + 2 || out_rank < 3 {
+    let empty = image.contains(&0) || weights.contains(&0);
+    if !all_f32 || empty || groups == 0 || rank < groups + 2 || out_rank < 3 {
         return Ok(None);
     }
     let axes = &einsum.axes;

@@ -135,12 +135,9 @@ impl Pointwise1x1 {
             "image and output do not match {:?}",
             self.output_shape
         );
-        if pixels == 0 || cin == 0 {
-            for (plane, &b) in out.chunks_mut(pixels.max(1)).zip(bias.iter().cycle()) {
-                plane.fill(if self.relu { b.max(0.0) } else { b });
-            }
-            return Ok(());
-        }
+        // The rewrite never plans an empty product (see `pointwise_match`).
+        ensure!(cin > 0 && pixels > 0, "empty 1×1 convolution");
+        let fast = available();
         let planes = image
             .chunks_exact(cin * pixels)
             .zip(out.chunks_exact_mut(cout * pixels));
@@ -154,11 +151,13 @@ impl Pointwise1x1 {
                 cin,
                 relu: self.relu,
             };
-            #[cfg(target_arch = "x86_64")]
-            if available() {
-                // SAFETY: the CPU has AVX-512F.
-                unsafe { avx512::run(product) };
-                continue;
+            if fast {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    // SAFETY: the CPU has AVX-512F.
+                    unsafe { avx512::run(product) };
+                    continue;
+                }
             }
             product.run_plain();
         }
