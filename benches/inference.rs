@@ -1,5 +1,6 @@
 //! Inference benches: every registered model at batch 1 and batch 8 (time per call), and the
-//! default model with tract-linalg's multithread executor (2 threads).
+//! default model with tract-linalg's multithread executor (2 threads), and with a helper thread
+//! of an `AssistTeam` (what one image costs in the service while the other core is idle).
 //!
 //! `cargo bench --bench inference`
 
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use classifier::model::{EngineOptions, Manifest};
+use classifier::model::{AssistTeam, EngineOptions, Manifest};
 use classifier::Classifier;
 
 mod common;
@@ -63,6 +64,7 @@ fn inference(c: &mut Criterion) {
         BenchmarkId::new(format!("{}+2threads", manifest.default), "batch1"),
         |b| b.iter(|| threaded.engine().run(input.clone(), 1).expect("run")),
     );
+    assisted(&mut group, &input);
     let tract_kernels_only = Classifier::builder()
         .engine_options(EngineOptions {
             custom_kernels: false,
@@ -83,6 +85,37 @@ fn inference(c: &mut Criterion) {
     );
     tract_variants(&mut group, &input);
     group.finish();
+}
+
+/// The default model at batch 1 on a thread that leads an [`AssistTeam`] with one idle
+/// helper thread: what one image costs in the service when the other core has nothing to do.
+fn assisted(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    input: &[f32],
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let classifier = Classifier::load("latest").expect("load");
+    let team = Arc::new(AssistTeam::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let helper = {
+        let (team, stop) = (team.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if team.needs_help() {
+                    team.help(|| stop.load(Ordering::Relaxed));
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        })
+    };
+    group.bench_function(
+        BenchmarkId::new(format!("{}+assist", classifier.version()), "batch1"),
+        |b| b.iter(|| team.lead(|| classifier.engine().run(input.to_vec(), 1).expect("run"))),
+    );
+    stop.store(true, Ordering::Relaxed);
+    helper.join().expect("helper");
 }
 
 /// The default model loaded with tract directly, to show what the engine's choices give:

@@ -111,6 +111,7 @@ async fn run(config: Config, redis_prefix: String) -> anyhow::Result<()> {
     } else {
         builder.inference_nice(config.inference_nice)
     };
+    builder = builder.inference_assist(config.inference_assist);
     let service = builder.build().await?;
 
     let listener = tokio::net::TcpListener::bind(addr).await?;

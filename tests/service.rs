@@ -355,6 +355,44 @@ async fn subscribe_sees_every_stage_in_order() {
     workers.shutdown().await;
 }
 
+/// With `inference_assist` (the default), an idle inference thread helps another one's
+/// inference; the predictions are the same, to the last bit, as with every inference on one
+/// thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assisted_inference_predicts_exactly_like_unassisted() {
+    let mut answers = Vec::new();
+    for assist in [true, false] {
+        let service = Service::builder()
+            .backend(backend(QueueConfig::default()))
+            .workers(2)
+            .inference_assist(assist)
+            .result_cache(None)
+            .build()
+            .await
+            .expect("service builds");
+        let mut predictions = Vec::new();
+        for (name, bytes) in photos() {
+            let c = service
+                .predict(bytes.clone().into(), None)
+                .await
+                .expect("predict");
+            assert_eq!(c.predictions[0].class_id, expected_top1()[name], "{name}");
+            predictions.push(
+                c.predictions
+                    .iter()
+                    .map(|p| (p.class_id, p.confidence.to_bits()))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        service.shutdown().await;
+        answers.push(predictions);
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "assisted and unassisted predictions"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn predict_classifies_and_bad_bytes_are_invalid_image() {
     let backend = backend(QueueConfig::default());

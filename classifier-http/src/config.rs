@@ -72,6 +72,11 @@ pub struct Config {
     /// `INFERENCE_NICE`; `false` falls back to it.
     #[arg(long = "inference-idle", env = "INFERENCE_IDLE", default_value_t = true, action = clap::ArgAction::Set)]
     pub inference_idle: bool,
+    /// Let an inference thread with nothing to run help another one's inference: at low
+    /// load one image uses several cores (lower `/predict` and job latency); at full load
+    /// each thread runs its own batch as before (BENCHMARKS.md).
+    #[arg(long = "inference-assist", env = "INFERENCE_ASSIST", default_value_t = true, action = clap::ArgAction::Set)]
+    pub inference_assist: bool,
     /// Largest accepted image file, in bytes (exactly this size is accepted).
     #[arg(
         long = "max-file-size",
@@ -430,6 +435,13 @@ mod tests {
         assert_eq!(c.inference_nice, 19);
         assert!(Config::try_parse_from(["server", "--inference-nice", "20"]).is_err());
         assert!(Config::try_parse_from(["server", "--inference-nice", "-1"]).is_err());
+    }
+
+    #[test]
+    fn inference_assist_defaults_to_on_and_can_be_turned_off() {
+        assert!(Config::try_parse_from(["server"]).unwrap().inference_assist);
+        let c = Config::try_parse_from(["server", "--inference-assist", "false"]).unwrap();
+        assert!(!c.inference_assist);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Models: the manifest, locating and verifying files, labels, and the tract engine.
 
+pub(crate) mod assist;
 mod engine;
 mod kernels;
 mod labels;
@@ -7,6 +8,7 @@ mod locator;
 mod manifest;
 mod registry;
 
+pub use assist::AssistTeam;
 pub use engine::{Engine, EngineOptions};
 pub use labels::Labels;
 pub use locator::{sha256_hex, ModelLocator};

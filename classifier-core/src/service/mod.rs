@@ -128,6 +128,7 @@ pub struct ServiceBuilder {
     manifest_path: Option<std::path::PathBuf>,
     result_cache: Option<Duration>,
     inference_priority: InferencePriority,
+    inference_assist: bool,
 }
 
 /// How long cached results live by default (as long as results do).
@@ -150,6 +151,7 @@ impl Default for ServiceBuilder {
             manifest_path: None,
             result_cache: Some(DEFAULT_RESULT_CACHE_TTL),
             inference_priority: InferencePriority::Nice(0),
+            inference_assist: true,
             // Measured (BENCHMARKS.md): with tract, a batch of 8 costs 1.4x (ShuffleNet) to
             // 2.3x (MobileNet) more CPU per image than batch 1, and intra-op threads are
             // slower on these small models. So: one image per tract call, one call per core.
@@ -278,6 +280,15 @@ impl ServiceBuilder {
         };
         self
     }
+    /// Let an idle inference thread help another one's batch (default `true`): the kernels
+    /// of an image's inference split their work with whichever inference threads have
+    /// nothing to do, so at low load one image uses several cores (lower latency for
+    /// `predict` and for jobs on a quiet service); at full load every thread runs its own
+    /// batch as before (see `model::AssistTeam`, BENCHMARKS.md).
+    pub fn inference_assist(mut self, assist: bool) -> Self {
+        self.inference_assist = assist;
+        self
+    }
     /// Record into these metrics (default: a fresh registry).
     pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
@@ -333,6 +344,7 @@ impl ServiceBuilder {
             workers.max(1),
             policy,
             self.inference_priority,
+            self.inference_assist,
             metrics.clone(),
             eta.clone(),
         )?);

@@ -10,6 +10,7 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -80,6 +81,19 @@ struct State<T> {
 pub struct BatchQueue<T> {
     state: Mutex<State<T>>,
     changed: Condvar,
+    /// Items waiting, mirrored outside the lock for [`BatchQueue::has_work`].
+    waiting: AtomicUsize,
+    /// `closed`, mirrored outside the lock.
+    closed: AtomicBool,
+}
+
+/// What [`BatchQueue::next_batch_or_help`] hands a consumer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next<T> {
+    /// A batch to run (best item first).
+    Batch(Vec<T>),
+    /// Nothing to run, and the consumer's `help` check said it is wanted elsewhere.
+    Help,
 }
 
 impl<T> std::fmt::Debug for BatchQueue<T> {
@@ -144,6 +158,8 @@ impl<T> BatchQueue<T> {
                 closed: false,
             }),
             changed: Condvar::new(),
+            waiting: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -209,6 +225,7 @@ impl<T> BatchQueue<T> {
             limit: limit.max(1),
             item,
         });
+        self.waiting.store(s.items.len(), AtomicOrdering::SeqCst);
         drop(s);
         self.changed.notify_all();
         Ok(())
@@ -217,6 +234,20 @@ impl<T> BatchQueue<T> {
     /// Stop accepting items; consumers drain what is waiting and then get `None`.
     pub fn close(&self) {
         self.lock().closed = true;
+        self.closed.store(true, AtomicOrdering::SeqCst);
+        self.changed.notify_all();
+    }
+
+    /// Whether a consumer has something to do: an item waits or the queue is closed. Reads
+    /// two atomics, no lock (cheap enough to poll while helping).
+    pub fn has_work(&self) -> bool {
+        self.waiting.load(AtomicOrdering::SeqCst) > 0 || self.closed.load(AtomicOrdering::SeqCst)
+    }
+
+    /// Wake every consumer blocked in [`next_batch_or_help`](Self::next_batch_or_help), so
+    /// that it checks its `help` condition again (call it after making that condition true).
+    pub fn wake_consumers(&self) {
+        drop(self.lock());
         self.changed.notify_all();
     }
 
@@ -240,6 +271,21 @@ impl<T> BatchQueue<T> {
     /// Block until a batch is ready and return it (best item first); `None` once the queue
     /// is closed and drained.
     pub fn next_batch(&self, policy: &BatchPolicy) -> Option<Vec<T>> {
+        match self.next_batch_or_help(policy, || false)? {
+            Next::Batch(batch) => Some(batch),
+            Next::Help => None, // unreachable: `help` never says so
+        }
+    }
+
+    /// Like [`next_batch`](Self::next_batch), but while no item waits, return
+    /// [`Next::Help`] as soon as `help()` is true (checked before every wait, and after
+    /// every [`wake_consumers`](Self::wake_consumers)). `None` once the queue is closed and
+    /// drained.
+    pub fn next_batch_or_help(
+        &self,
+        policy: &BatchPolicy,
+        help: impl Fn() -> bool,
+    ) -> Option<Next<T>> {
         let mut s = self.lock();
         let first = loop {
             if let Some(entry) = s.items.pop() {
@@ -247,6 +293,9 @@ impl<T> BatchQueue<T> {
             }
             if s.closed {
                 return None;
+            }
+            if help() {
+                return Some(Next::Help);
             }
             s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
         };
@@ -270,7 +319,8 @@ impl<T> BatchQueue<T> {
                 Self::take_matching(&mut s, &key, limit, &mut batch);
             }
         }
-        Some(batch)
+        self.waiting.store(s.items.len(), AtomicOrdering::SeqCst);
+        Some(Next::Batch(batch))
     }
 }
 

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
 
-pub use batcher::{Announcement, BatchPolicy, BatchQueue};
+pub use batcher::{Announcement, BatchPolicy, BatchQueue, Next};
 pub use eta::ServiceTimeEstimator;
 pub use pool::InferencePriority;
 

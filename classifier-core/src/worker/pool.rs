@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::batcher::{Announcement, BatchPolicy, BatchQueue};
+use super::batcher::{Announcement, BatchPolicy, BatchQueue, Next};
 use super::eta::ServiceTimeEstimator;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::model::AssistTeam;
 use crate::Classifier;
 
 /// Queue priority of synchronous predictions: above every job priority (urgent is 3).
@@ -45,25 +46,34 @@ pub(crate) struct InferencePool {
 }
 
 impl InferencePool {
-    /// Start `threads` inference threads at `priority`.
+    /// Start `threads` inference threads at `priority`. With `assist`, a thread with nothing
+    /// to run helps another one's batch (see [`AssistTeam`]): at low load one image's
+    /// inference uses several cores.
     pub fn start(
         threads: usize,
         policy: BatchPolicy,
         priority: InferencePriority,
+        assist: bool,
         metrics: Arc<Metrics>,
         eta: Arc<ServiceTimeEstimator>,
     ) -> Result<InferencePool> {
         let queue = Arc::new(Queue::new());
+        let team = Arc::new(AssistTeam::new());
+        let assist = assist && threads > 1;
         for i in 0..threads.max(1) {
-            let (q, m, e) = (queue.clone(), metrics.clone(), eta.clone());
+            let (q, m, e, team) = (queue.clone(), metrics.clone(), eta.clone(), team.clone());
             std::thread::Builder::new()
                 .name(format!("inference-{i}"))
                 .spawn(move || {
                     if priority != InferencePriority::Nice(0) {
                         lower_priority(priority);
                     }
-                    while let Some(batch) = q.next_batch(&policy) {
-                        run_batch(batch, &m, &e);
+                    if assist {
+                        run_assisting(&q, &policy, &team, &m, &e);
+                    } else {
+                        while let Some(batch) = q.next_batch(&policy) {
+                            run_batch(batch, &m, &e);
+                        }
                     }
                     tracing::debug!("inference thread {i} stopped");
                 })
@@ -159,6 +169,27 @@ fn lower_priority(priority: InferencePriority) {
         ?priority,
         "inference thread priority is only supported on Linux"
     );
+}
+
+/// The loop of an inference thread of an assisting pool: run batches as the team's leader,
+/// and while there is none, help whoever leads until work arrives.
+fn run_assisting(
+    queue: &Queue,
+    policy: &BatchPolicy,
+    team: &Arc<AssistTeam>,
+    metrics: &Metrics,
+    eta: &ServiceTimeEstimator,
+) {
+    while let Some(next) = queue.next_batch_or_help(policy, || team.needs_help()) {
+        match next {
+            Next::Batch(batch) => team.lead(|| {
+                // Idle threads block in the queue: wake them to help with this batch.
+                queue.wake_consumers();
+                run_batch(batch, metrics, eta)
+            }),
+            Next::Help => team.help(|| queue.has_work()),
+        }
+    }
 }
 
 fn run_batch(batch: Vec<InferRequest>, metrics: &Metrics, eta: &ServiceTimeEstimator) {

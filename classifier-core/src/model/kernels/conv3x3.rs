@@ -13,6 +13,7 @@ use tract_onnx::tract_core::internal::*;
 
 use super::plane::{PaddedPlane, Window};
 use super::simd;
+use crate::model::assist;
 
 /// The largest number of input channels this kernel takes: beyond it tract's matrix product
 /// has enough products per output to be efficient.
@@ -117,26 +118,35 @@ impl StemConv3x3 {
         let images = image
             .chunks_exact(cin * h * w)
             .zip(out.chunks_exact_mut(cout * oh * ow));
+        // Blocks of output channels, shared with helping threads.
+        let channels_per_part = assist::chunk_units(cout, assist::parts_wanted(), 4);
         for (image, out) in images {
             for (padded, plane) in planes.iter_mut().zip(image.chunks_exact(h * w)) {
                 padded.load(plane, 0.0);
             }
-            for y in 0..oh {
-                // Tap (ci, ky, kx) of every position of output row y, in the kernel's order.
-                let mut taps: [&[f32]; simd::MAX_TAPS] = [&[]; simd::MAX_TAPS];
-                for (t, tap) in taps[..count].iter_mut().enumerate() {
-                    *tap = &planes[t / 9].tap(t % 9)[y * pitch..y * pitch + ow];
+            let planes = &planes;
+            assist::for_each_chunk_mut(out, channels_per_part * oh * ow, |part, out| {
+                let first = part * channels_per_part;
+                let channels = out.len() / (oh * ow);
+                let kernel = &kernel[first * count..(first + channels) * count];
+                let bias = &bias[first..first + channels];
+                for y in 0..oh {
+                    // Tap (ci, ky, kx) of every position of output row y, in the kernel's order.
+                    let mut taps: [&[f32]; simd::MAX_TAPS] = [&[]; simd::MAX_TAPS];
+                    for (t, tap) in taps[..count].iter_mut().enumerate() {
+                        *tap = &planes[t / 9].tap(t % 9)[y * pitch..y * pitch + ow];
+                    }
+                    simd::dense_row(
+                        &taps[..count],
+                        kernel,
+                        bias,
+                        self.relu,
+                        out,
+                        y * ow,
+                        oh * ow,
+                    );
                 }
-                simd::dense_row(
-                    &taps[..count],
-                    kernel,
-                    &bias,
-                    self.relu,
-                    out,
-                    y * ow,
-                    oh * ow,
-                );
-            }
+            });
         }
         Ok(())
     }

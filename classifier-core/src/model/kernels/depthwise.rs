@@ -10,6 +10,7 @@ use tract_onnx::tract_core::internal::*;
 
 use super::plane::{PaddedPlane, Window};
 use super::simd;
+use crate::model::assist;
 
 /// The operator that replaces tract's `Conv` for depthwise 3×3 windows (see [`super`]).
 ///
@@ -90,12 +91,16 @@ fn run(
         image.len() / (h * w) == out.len() / (oh * ow),
         "image and output planes differ"
     );
-    let mut padded = PaddedPlane::new(window);
-    let mut computed = vec![0.0; window.span()];
-    {
+    // Runs of whole planes, shared with helping threads; each run has its own buffers.
+    let planes_per_part = assist::chunk_units(out.len() / (oh * ow), assist::parts_wanted(), 1);
+    assist::for_each_chunk_mut(out, planes_per_part * oh * ow, |part, out| {
+        let first = part * planes_per_part;
+        let mut padded = PaddedPlane::new(window);
+        let mut computed = vec![0.0; window.span()];
+        let image = &image[first * h * w..];
         let planes = image.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow));
-        for (index, (plane, out_plane)) in planes.enumerate() {
-            let channel = index % c;
+        for (offset, (plane, out_plane)) in planes.enumerate() {
+            let channel = (first + offset) % c;
             let weights = &kernel[9 * channel..9 * channel + 9];
             padded.load(plane, 0.0);
             computed.fill(if bias.len() == 1 {
@@ -113,7 +118,7 @@ fn run(
             }
             padded.store(&computed, out_plane);
         }
-    }
+    });
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use tract_onnx::tract_core::internal::*;
 
 use super::plane::{PaddedPlane, Window};
 use super::simd;
+use crate::model::assist;
 
 /// The operator that replaces tract's `MaxPool` for 3×3 windows (see [`super`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -58,9 +59,12 @@ fn run(window: Window, image: &[f32], out: &mut [f32]) -> TractResult<()> {
         image.len() / (h * w) == out.len() / (oh * ow),
         "image and output planes differ"
     );
-    let mut padded = PaddedPlane::new(window);
-    let mut computed = vec![0.0; window.span()];
-    {
+    // Runs of whole planes, shared with helping threads; each run has its own buffers.
+    let planes_per_part = assist::chunk_units(out.len() / (oh * ow), assist::parts_wanted(), 1);
+    assist::for_each_chunk_mut(out, planes_per_part * oh * ow, |part, out| {
+        let mut padded = PaddedPlane::new(window);
+        let mut computed = vec![0.0; window.span()];
+        let image = &image[part * planes_per_part * h * w..];
         for (plane, out_plane) in image.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
             padded.load(plane, f32::NEG_INFINITY);
             computed.fill(f32::NEG_INFINITY);
@@ -72,7 +76,7 @@ fn run(window: Window, image: &[f32], out: &mut [f32]) -> TractResult<()> {
             }
             padded.store(&computed, out_plane);
         }
-    }
+    });
     Ok(())
 }
 

@@ -17,6 +17,8 @@
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
+use crate::model::assist;
+
 /// Whether this CPU runs [`Pointwise1x1`] with its fast path (AVX-512F).
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -141,25 +143,31 @@ impl Pointwise1x1 {
         let planes = image
             .chunks_exact(cin * pixels)
             .zip(out.chunks_exact_mut(cout * pixels));
+        // Blocks of output channels (whole register blocks), shared with helping threads.
+        let rows_per_part = assist::chunk_units(cout, assist::parts_wanted(), 8);
         for (image, out) in planes {
-            let product = Product {
-                image,
-                weights,
-                bias: &bias,
-                out,
-                pixels,
-                cin,
-                relu: self.relu,
-            };
-            if fast {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    // SAFETY: the CPU has AVX-512F.
-                    unsafe { avx512::run(product) };
-                    continue;
+            assist::for_each_chunk_mut(out, rows_per_part * pixels, |part, out| {
+                let first = part * rows_per_part;
+                let rows = out.len() / pixels;
+                let product = Product {
+                    image,
+                    weights: &weights[first * cin..(first + rows) * cin],
+                    bias: &bias[first..first + rows],
+                    out,
+                    pixels,
+                    cin,
+                    relu: self.relu,
+                };
+                if fast {
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        // SAFETY: the CPU has AVX-512F.
+                        unsafe { avx512::run(product) };
+                        return;
+                    }
                 }
-            }
-            product.run_plain();
+                product.run_plain();
+            });
         }
         Ok(())
     }
