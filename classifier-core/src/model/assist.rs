@@ -18,6 +18,10 @@
 //! runs exactly as it did, on one thread. Outside a team (the CLI, [`crate::Classifier`] used
 //! directly) everything runs on the calling thread.
 //!
+//! One job is shared at a time: with several leaders (more than two inference threads), a
+//! leader that finds the slot taken runs its kernel alone. A leader whose last part is held by a
+//! preempted helper spins briefly, then yields its core until the helper is done.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use classifier_core::model::AssistTeam;
@@ -225,8 +229,16 @@ impl AssistTeam {
             fn drop(&mut self) {
                 *self.team.slot() = None;
                 self.team.published.store(0, Ordering::Release);
+                let mut spins = 0u32;
                 while self.job.inside.load(Ordering::Acquire) > 0 {
-                    std::hint::spin_loop();
+                    // A helper preempted in the middle of a part may wait on this very core:
+                    // after a short spin, let it run.
+                    spins = spins.saturating_add(1);
+                    if spins > SPINS_BEFORE_YIELD {
+                        std::thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
+                    }
                 }
             }
         }
@@ -241,6 +253,9 @@ impl AssistTeam {
         }
     }
 }
+
+/// Spins of a leader waiting for its helpers before it starts yielding its core to them.
+const SPINS_BEFORE_YIELD: u32 = 1_000;
 
 /// Parts per thread a kernel should split its work into when members help: more than one,
 /// so that a helper that arrives late or is interrupted still gets a share.
