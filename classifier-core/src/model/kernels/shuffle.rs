@@ -14,6 +14,8 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::array::{Slice, TypedConcat};
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
 
+use crate::model::assist;
+
 /// The operator that replaces a channel shuffle of two groups, and the split in halves that
 /// follows it if there is one.
 ///
@@ -98,24 +100,46 @@ impl TypedOp for ShuffleSplit {
 /// values) and write channels `0..c` of each image to `outputs[0]` and `c..2c` to
 /// `outputs[1]`; or, when `outputs[1]` is empty, all `2c` to `outputs[0]`.
 fn shuffle_split(image: usize, plane: usize, inputs: [&[f32]; 2], outputs: [&mut [f32]; 2]) {
+    if plane == 0 {
+        return;
+    }
     let c = image / plane;
     let [first, second] = outputs;
-    let split = !second.is_empty();
-    let images = inputs[0]
-        .chunks_exact(image)
-        .zip(inputs[1].chunks_exact(image));
-    for (n, (a, b)) in images.enumerate() {
-        for k in 0..2 * c {
-            let source = if k % 2 == 0 { a } else { b };
-            let source = &source[(k / 2) * plane..(k / 2 + 1) * plane];
-            let (target, index) = match (split, k < c) {
-                (true, true) => (&mut *first, n * c + k),
-                (true, false) => (&mut *second, n * c + k - c),
-                (false, _) => (&mut *first, n * 2 * c + k),
-            };
-            target[index * plane..(index + 1) * plane].copy_from_slice(source);
-        }
+    // Each output with the channels it holds per image and the first of them (in the
+    // interleaved order): its planes are copied in runs shared with helping threads.
+    let targets = if second.is_empty() {
+        [(first, 2 * c, 0), (second, 1, 0)]
+    } else {
+        [(first, c, 0), (second, c, c)]
+    };
+    for (target, per_image, offset) in targets {
+        let planes_per_part = assist::chunk_units(target.len() / plane, assist::parts_wanted(), 1);
+        assist::for_each_chunk_mut(target, planes_per_part * plane, |part, run| {
+            for (i, out) in run.chunks_exact_mut(plane).enumerate() {
+                let index = part * planes_per_part + i;
+                out.copy_from_slice(source_plane(
+                    inputs,
+                    image,
+                    plane,
+                    index / per_image,
+                    index % per_image + offset,
+                ));
+            }
+        });
     }
+}
+
+/// Channel `k` of image `n` of the interleaved pair `inputs` (even channels from the first,
+/// odd ones from the second).
+fn source_plane<'a>(
+    inputs: [&'a [f32]; 2],
+    image: usize,
+    plane: usize,
+    n: usize,
+    k: usize,
+) -> &'a [f32] {
+    let start = n * image + (k / 2) * plane;
+    &inputs[k % 2][start..start + plane]
 }
 
 /// What [`match_shuffle_split`] found.
