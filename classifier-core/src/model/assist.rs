@@ -8,8 +8,9 @@
 //! can help:
 //!
 //! - the thread running a batch **leads** ([`AssistTeam::lead`]);
-//! - the kernels it runs split their work into parts ([`for_each_part`],
-//!   [`for_each_chunk_mut`]) and publish them while a member is helping;
+//! - the kernels it runs (1×1, depthwise and stem convolutions, max-pool, channel shuffles)
+//!   split their work into parts ([`for_each_part`], [`for_each_chunk_mut`]) and publish them
+//!   while a member is helping;
 //! - an idle member **helps** ([`AssistTeam::help`]): it claims parts until no one leads or
 //!   work of its own arrives.
 //!
