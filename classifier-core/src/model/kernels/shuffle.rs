@@ -131,13 +131,7 @@ fn shuffle_split(image: usize, plane: usize, inputs: [&[f32]; 2], outputs: [&mut
 
 /// Channel `k` of image `n` of the interleaved pair `inputs` (even channels from the first,
 /// odd ones from the second).
-fn source_plane<'a>(
-    inputs: [&'a [f32]; 2],
-    image: usize,
-    plane: usize,
-    n: usize,
-    k: usize,
-) -> &'a [f32] {
+fn source_plane(inputs: [&[f32]; 2], image: usize, plane: usize, n: usize, k: usize) -> &[f32] {
     let start = n * image + (k / 2) * plane;
     &inputs[k % 2][start..start + plane]
 }
