@@ -413,4 +413,40 @@ mod tests {
         q2.close();
         assert_eq!(consumer.join().unwrap(), None);
     }
+
+    #[test]
+    fn an_idle_consumer_is_sent_to_help_only_while_nothing_waits() {
+        let q = BatchQueue::new();
+        // Nothing waits and help is wanted: help.
+        assert_eq!(
+            q.next_batch_or_help(&policy(8, 0), || true),
+            Some(Next::Help)
+        );
+        // An item waits: it wins over helping.
+        q.push(7, "m", 0, 1).unwrap();
+        assert!(q.has_work());
+        assert_eq!(
+            q.next_batch_or_help(&policy(8, 0), || true),
+            Some(Next::Batch(vec![7]))
+        );
+        assert!(!q.has_work(), "the queue is empty again");
+        q.close();
+        assert!(q.has_work(), "a closed queue sends helpers back to end");
+        assert_eq!(q.next_batch_or_help(&policy(8, 0), || true), None);
+    }
+
+    #[test]
+    fn wake_consumers_makes_a_blocked_consumer_check_help_again() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let q = Arc::new(BatchQueue::<i32>::new());
+        let wanted = Arc::new(AtomicBool::new(false));
+        let (c, w) = (q.clone(), wanted.clone());
+        let consumer = std::thread::spawn(move || {
+            c.next_batch_or_help(&policy(8, 0), || w.load(Ordering::SeqCst))
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        wanted.store(true, Ordering::SeqCst);
+        q.wake_consumers();
+        assert_eq!(consumer.join().unwrap(), Some(Next::Help));
+    }
 }
