@@ -93,29 +93,14 @@ fn assisted(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     input: &[f32],
 ) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     let classifier = Classifier::load("latest").expect("load");
-    let team = Arc::new(AssistTeam::new());
-    let stop = Arc::new(AtomicBool::new(false));
-    let helper = {
-        let (team, stop) = (team.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if team.needs_help() {
-                    team.help(|| stop.load(Ordering::Relaxed));
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-        })
-    };
+    let team = std::sync::Arc::new(AssistTeam::new());
+    let helper = team.spawn_helper();
     group.bench_function(
         BenchmarkId::new(format!("{}+assist", classifier.version()), "batch1"),
         |b| b.iter(|| team.lead(|| classifier.engine().run(input.to_vec(), 1).expect("run"))),
     );
-    stop.store(true, Ordering::Relaxed);
-    helper.join().expect("helper");
+    drop(helper);
 }
 
 /// The default model loaded with tract directly, to show what the engine's choices give:

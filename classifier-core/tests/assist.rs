@@ -9,27 +9,10 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use classifier_core::model::AssistTeam;
-
-/// A helper thread that helps `team` whenever someone leads, until the returned flag is set.
-fn start_helper(team: &Arc<AssistTeam>) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (t, s) = (team.clone(), stop.clone());
-    let handle = std::thread::spawn(move || {
-        while !s.load(Ordering::SeqCst) {
-            if t.needs_help() {
-                t.help(|| s.load(Ordering::SeqCst));
-            } else {
-                std::thread::yield_now();
-            }
-        }
-    });
-    (stop, handle)
-}
 
 /// Wait (while leading) until the helper has joined.
 fn wait_for_helper(team: &AssistTeam) {
@@ -46,7 +29,7 @@ fn wait_for_helper(team: &AssistTeam) {
 fn assisted_inference_gives_the_same_logits_bit_for_bit() {
     let input = common::read_f32("inputs/chelsea.input.bin");
     let team = Arc::new(AssistTeam::new());
-    let (stop, helper) = start_helper(&team);
+    let helper = team.spawn_helper();
     for version in [
         "shufflenet-v2-f32",
         "mobilenetv2-f32",
@@ -91,8 +74,7 @@ fn assisted_inference_gives_the_same_logits_bit_for_bit() {
             }
         }
     }
-    stop.store(true, Ordering::SeqCst);
-    helper.join().expect("helper thread");
+    drop(helper);
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //!
 //! - the thread running a batch **leads** ([`AssistTeam::lead`]);
 //! - the kernels it runs (1×1, depthwise and stem convolutions, max-pool, channel shuffles)
-//!   split their work into parts ([`for_each_part`], [`for_each_chunk_mut`]) and publish them
+//!   split their work into runs of planes or channels ([`for_each_run`]) and publish them
 //!   while a member is helping;
 //! - an idle member **helps** ([`AssistTeam::help`]): it claims parts until no one leads or
 //!   work of its own arrives.
@@ -53,6 +53,23 @@ pub struct AssistTeam {
     generations: AtomicU64,
     /// Parts run by helpers so far.
     helped: AtomicU64,
+}
+
+/// A thread started by [`AssistTeam::spawn_helper`]; dropping it stops and joins the thread.
+#[derive(Debug)]
+pub struct HelperThread {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for HelperThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(handle) = self.handle.take() {
+            // A helper that panicked has nothing left to clean up.
+            let _ = handle.join();
+        }
+    }
 }
 
 /// Work split into `parts` independent calls of `run`.
@@ -199,6 +216,27 @@ impl AssistTeam {
         }
     }
 
+    /// Start a dedicated thread that helps whenever a member leads, until the returned handle
+    /// is dropped (for benches and tests; the service's inference threads help by themselves
+    /// when idle).
+    pub fn spawn_helper(self: &Arc<Self>) -> HelperThread {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (team, flag) = (self.clone(), stop.clone());
+        let handle = std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                if team.needs_help() {
+                    team.help(|| flag.load(Ordering::SeqCst));
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        });
+        HelperThread {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
     /// Run the parts of `run`, with whoever helps.
     fn share(&self, parts: usize, run: &(dyn Fn(usize) + Sync)) {
         let job = Job {
@@ -304,7 +342,7 @@ unsafe impl<T: Send> Send for SharedMut<T> {}
 /// Call `run(index, chunk)` for every `chunk_len`-long chunk of `data` (the last may be
 /// shorter), like `data.chunks_mut(chunk_len).enumerate()`, sharing the chunks with the
 /// helping members of this thread's team (see [`for_each_part`]).
-pub(crate) fn for_each_chunk_mut<T: Send>(
+fn for_each_chunk_mut<T: Send>(
     data: &mut [T],
     chunk_len: usize,
     run: impl Fn(usize, &mut [T]) + Sync,
@@ -325,9 +363,28 @@ pub(crate) fn for_each_chunk_mut<T: Send>(
     });
 }
 
+/// Call `run(first, units)` over runs of whole units of `data` (a unit is `unit_len` values:
+/// a plane, or an output channel's plane), each run a multiple of `align` units except the
+/// last, `first` being the index of its first unit. One run of everything when no member helps
+/// (see [`parts_wanted`]), several shared with the helpers when some do.
+pub(crate) fn for_each_run<T: Send>(
+    data: &mut [T],
+    unit_len: usize,
+    align: usize,
+    run: impl Fn(usize, &mut [T]) + Sync,
+) {
+    if unit_len == 0 {
+        return;
+    }
+    let units_per_run = chunk_units(data.len() / unit_len, parts_wanted(), align);
+    for_each_chunk_mut(data, units_per_run * unit_len, |part, chunk| {
+        run(part * units_per_run, chunk)
+    });
+}
+
 /// How long the chunks of `units` units should be (a multiple of `align` units) so that
 /// there are about `parts` of them.
-pub(crate) fn chunk_units(units: usize, parts: usize, align: usize) -> usize {
+fn chunk_units(units: usize, parts: usize, align: usize) -> usize {
     let align = align.max(1);
     units.div_ceil(parts.max(1)).div_ceil(align).max(1) * align
 }
@@ -337,27 +394,6 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicU32;
     use std::time::Duration;
-
-    /// A team with one helper thread that helps whenever someone leads, until `stop`.
-    fn team_with_helper() -> (
-        Arc<AssistTeam>,
-        Arc<AtomicBool>,
-        std::thread::JoinHandle<()>,
-    ) {
-        let team = Arc::new(AssistTeam::new());
-        let stop = Arc::new(AtomicBool::new(false));
-        let (t, s) = (team.clone(), stop.clone());
-        let helper = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                if t.needs_help() {
-                    t.help(|| s.load(Ordering::SeqCst));
-                } else {
-                    std::thread::yield_now();
-                }
-            }
-        });
-        (team, stop, helper)
-    }
 
     fn wait_for_helper(team: &AssistTeam) {
         for _ in 0..10_000 {
@@ -380,7 +416,8 @@ mod tests {
 
     #[test]
     fn every_part_runs_once_and_the_helper_takes_some() {
-        let (team, stop, helper) = team_with_helper();
+        let team = Arc::new(AssistTeam::new());
+        let helper = team.spawn_helper();
         let leader = std::thread::current().id();
         let mut helped = 0;
         team.lead(|| {
@@ -399,14 +436,14 @@ mod tests {
                 helped += elsewhere.load(Ordering::Relaxed);
             }
         });
-        stop.store(true, Ordering::SeqCst);
-        helper.join().unwrap();
+        drop(helper);
         assert!(helped > 0, "the helper never ran a part");
     }
 
     #[test]
     fn chunks_cover_the_slice_exactly_with_a_helper() {
-        let (team, stop, helper) = team_with_helper();
+        let team = Arc::new(AssistTeam::new());
+        let helper = team.spawn_helper();
         team.lead(|| {
             wait_for_helper(&team);
             for len in [0usize, 1, 7, 64, 1000, 1001] {
@@ -420,13 +457,13 @@ mod tests {
                 assert_eq!(data, expected, "length {len}");
             }
         });
-        stop.store(true, Ordering::SeqCst);
-        helper.join().unwrap();
+        drop(helper);
     }
 
     #[test]
     fn a_panicking_part_on_the_helper_reaches_the_leader() {
-        let (team, stop, helper) = team_with_helper();
+        let team = Arc::new(AssistTeam::new());
+        let helper = team.spawn_helper();
         let leader = std::thread::current().id();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             team.lead(|| {
@@ -445,8 +482,7 @@ mod tests {
         // The team is still usable: the leader's guard unpublished the job.
         assert_eq!(team.lead(|| 5), 5);
         assert!(!team.needs_help());
-        stop.store(true, Ordering::SeqCst);
-        helper.join().unwrap();
+        drop(helper);
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod locator;
 mod manifest;
 mod registry;
 
-pub use assist::AssistTeam;
+pub use assist::{AssistTeam, HelperThread};
 pub use engine::{Engine, EngineOptions};
 pub use labels::Labels;
 pub use locator::{sha256_hex, ModelLocator};

@@ -118,15 +118,13 @@ impl StemConv3x3 {
         let images = image
             .chunks_exact(cin * h * w)
             .zip(out.chunks_exact_mut(cout * oh * ow));
-        // Blocks of output channels, shared with helping threads.
-        let channels_per_part = assist::chunk_units(cout, assist::parts_wanted(), 4);
         for (image, out) in images {
             for (padded, plane) in planes.iter_mut().zip(image.chunks_exact(h * w)) {
                 padded.load(plane, 0.0);
             }
             let planes = &planes;
-            assist::for_each_chunk_mut(out, channels_per_part * oh * ow, |part, out| {
-                let first = part * channels_per_part;
+            // Blocks of output channels, shared with helping threads.
+            assist::for_each_run(out, oh * ow, 4, |first, out| {
                 let channels = out.len() / (oh * ow);
                 let kernel = &kernel[first * count..(first + channels) * count];
                 let bias = &bias[first..first + channels];

@@ -92,9 +92,7 @@ fn run(
         "image and output planes differ"
     );
     // Runs of whole planes, shared with helping threads; each run has its own buffers.
-    let planes_per_part = assist::chunk_units(out.len() / (oh * ow), assist::parts_wanted(), 1);
-    assist::for_each_chunk_mut(out, planes_per_part * oh * ow, |part, out| {
-        let first = part * planes_per_part;
+    assist::for_each_run(out, oh * ow, 1, |first, out| {
         let mut padded = PaddedPlane::new(window);
         let mut computed = vec![0.0; window.span()];
         let image = &image[first * h * w..];

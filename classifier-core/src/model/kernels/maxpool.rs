@@ -60,11 +60,10 @@ fn run(window: Window, image: &[f32], out: &mut [f32]) -> TractResult<()> {
         "image and output planes differ"
     );
     // Runs of whole planes, shared with helping threads; each run has its own buffers.
-    let planes_per_part = assist::chunk_units(out.len() / (oh * ow), assist::parts_wanted(), 1);
-    assist::for_each_chunk_mut(out, planes_per_part * oh * ow, |part, out| {
+    assist::for_each_run(out, oh * ow, 1, |first, out| {
         let mut padded = PaddedPlane::new(window);
         let mut computed = vec![0.0; window.span()];
-        let image = &image[part * planes_per_part * h * w..];
+        let image = &image[first * h * w..];
         for (plane, out_plane) in image.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
             padded.load(plane, f32::NEG_INFINITY);
             computed.fill(f32::NEG_INFINITY);

@@ -143,11 +143,9 @@ impl Pointwise1x1 {
         let planes = image
             .chunks_exact(cin * pixels)
             .zip(out.chunks_exact_mut(cout * pixels));
-        // Blocks of output channels (whole register blocks), shared with helping threads.
-        let rows_per_part = assist::chunk_units(cout, assist::parts_wanted(), 8);
         for (image, out) in planes {
-            assist::for_each_chunk_mut(out, rows_per_part * pixels, |part, out| {
-                let first = part * rows_per_part;
+            // Blocks of output channels (whole register blocks), shared with helping threads.
+            assist::for_each_run(out, pixels, 8, |first, out| {
                 let rows = out.len() / pixels;
                 let product = Product {
                     image,

@@ -113,10 +113,9 @@ fn shuffle_split(image: usize, plane: usize, inputs: [&[f32]; 2], outputs: [&mut
         [(first, c, 0), (second, c, c)]
     };
     for (target, per_image, offset) in targets {
-        let planes_per_part = assist::chunk_units(target.len() / plane, assist::parts_wanted(), 1);
-        assist::for_each_chunk_mut(target, planes_per_part * plane, |part, run| {
+        assist::for_each_run(target, plane, 1, |first, run| {
             for (i, out) in run.chunks_exact_mut(plane).enumerate() {
-                let index = part * planes_per_part + i;
+                let index = first + i;
                 out.copy_from_slice(source_plane(
                     inputs,
                     image,
