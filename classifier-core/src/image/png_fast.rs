@@ -165,14 +165,14 @@ pub(crate) fn decode(bytes: &[u8], max_alloc: u64) -> Result<FastPng, Unsupporte
     // Unfilter in place, each row against the one above (zeros above the first), then close
     // the gaps the filter bytes leave: one buffer for the whole decode.
     let zero_row = vec![0u8; row_len];
-    for y in 0..height as usize {
+    let mut y = 0;
+    while y < height as usize {
         let (done, rest) = raw.split_at_mut(y * stride);
-        let (kind, row) = (rest[0], &mut rest[1..stride]);
         let up = match y {
             0 => &zero_row[..],
             _ => &done[done.len() - row_len..],
         };
-        unfilter(kind, row, up, channels)?;
+        y += unfilter_next_rows(&mut rest[..], stride, up, channels)?;
     }
     for y in 0..height as usize {
         raw.copy_within(y * stride + 1..(y + 1) * stride, y * row_len);
@@ -187,6 +187,54 @@ pub(crate) fn decode(bytes: &[u8], max_alloc: u64) -> Result<FastPng, Unsupporte
     })
 }
 
+/// Undoes the filters of the next one or two rows of `rows` (each `stride` bytes: the filter
+/// byte, then the samples), in place, and says how many it did. `up` is the reconstructed row
+/// above the first (zeros for the image's first row, as the PNG spec says).
+///
+/// The Average and Paeth filters make each pixel depend on the one to its left, so one row is
+/// a single chain of dependent steps. On x86_64, [`ROWS_AT_ONCE`] consecutive RGB or RGBA rows
+/// where one of them uses such a filter are done together, each one pixel behind the row above,
+/// so that the processor overlaps their chains ([`pixel_simd::rows`]).
+fn unfilter_next_rows(
+    rows: &mut [u8],
+    stride: usize,
+    up: &[u8],
+    bpp: usize,
+) -> Result<usize, Unsupported> {
+    let known = |kind: u8| {
+        if kind <= 4 {
+            Ok(kind)
+        } else {
+            Err(Unsupported("unknown row filter"))
+        }
+    };
+    let kind = known(rows[0])?;
+    #[cfg(target_arch = "x86_64")]
+    if (bpp == 3 || bpp == 4) && rows.len() >= ROWS_AT_ONCE * stride {
+        let mut kinds = [0u8; ROWS_AT_ONCE];
+        for (r, k) in kinds.iter_mut().enumerate() {
+            *k = known(rows[r * stride])?;
+        }
+        if kinds.iter().any(|&k| k >= 3) {
+            let rows = &mut rows[..ROWS_AT_ONCE * stride];
+            // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64 CPU has it.
+            unsafe {
+                match bpp {
+                    3 => pixel_simd::rows::<3, ROWS_AT_ONCE>(kinds, rows, stride, up),
+                    _ => pixel_simd::rows::<4, ROWS_AT_ONCE>(kinds, rows, stride, up),
+                }
+            }
+            return Ok(ROWS_AT_ONCE);
+        }
+    }
+    unfilter(kind, &mut rows[1..stride], up, bpp)?;
+    Ok(1)
+}
+
+/// Rows unfiltered together by [`unfilter_next_rows`].
+#[cfg(target_arch = "x86_64")]
+const ROWS_AT_ONCE: usize = 8;
+
 /// Undoes one row's filter in place. `up` is the previous reconstructed row (zeros for the
 /// first row, as the PNG spec says).
 fn unfilter(kind: u8, row: &mut [u8], up: &[u8], bpp: usize) -> Result<(), Unsupported> {
@@ -195,6 +243,134 @@ fn unfilter(kind: u8, row: &mut [u8], up: &[u8], bpp: usize) -> Result<(), Unsup
         2 => unfilter_bpp::<2>(kind, row, up),
         3 => unfilter_bpp::<3>(kind, row, up),
         _ => unfilter_bpp::<4>(kind, row, up),
+    }
+}
+
+/// The row filters for RGB and RGBA with one pixel per SSE2 register (libpng's
+/// `filter_sse2_intrinsics.c` approach), for two rows at a time. Each channel sits in a 16-bit
+/// lane (0..=255), where `a + b - c` and its distances cannot overflow; the final additions
+/// use `_epi8` so that they wrap modulo 256 as the spec says, and leave the upper byte of each
+/// lane zero. SSE2 is part of x86_64, so no runtime detection is needed.
+///
+/// `cargo bench --bench preprocess -- 'png/fast path decode/chelsea'` (mostly Paeth rows):
+/// 1.44 ms with the scalar filters; with this code 1.56 ms one row at a time (a Paeth pixel is
+/// a chain of about ten dependent instructions either way), 1.19 ms two rows at a time,
+/// 1.07 ms four, 1.02 ms eight (AMD EPYC Zen 5; libdeflate's inflate is about 0.6 ms of it).
+#[cfg(target_arch = "x86_64")]
+mod pixel_simd {
+    use std::arch::x86_64::{
+        __m128i, _mm_add_epi16, _mm_add_epi8, _mm_and_si128, _mm_andnot_si128, _mm_cmpeq_epi16,
+        _mm_cvtsi128_si32, _mm_cvtsi32_si128, _mm_max_epi16, _mm_min_epi16, _mm_or_si128,
+        _mm_packus_epi16, _mm_setzero_si128, _mm_srli_epi16, _mm_sub_epi16, _mm_unpacklo_epi8,
+    };
+
+    /// The `BPP` bytes of one pixel, one per 16-bit lane.
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn load<const BPP: usize>(pixel: &[u8]) -> __m128i {
+        let mut word = [0u8; 4];
+        word[..BPP].copy_from_slice(&pixel[..BPP]);
+        _mm_unpacklo_epi8(
+            _mm_cvtsi32_si128(i32::from_le_bytes(word)),
+            _mm_setzero_si128(),
+        )
+    }
+
+    /// Writes the low byte of the first `BPP` lanes (each 0..=255) to `pixel`.
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn store<const BPP: usize>(value: __m128i, pixel: &mut [u8]) {
+        let word = _mm_cvtsi128_si32(_mm_packus_epi16(value, value)).to_le_bytes();
+        pixel[..BPP].copy_from_slice(&word[..BPP]);
+    }
+
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn abs16(v: __m128i) -> __m128i {
+        _mm_max_epi16(v, _mm_sub_epi16(_mm_setzero_si128(), v))
+    }
+
+    /// `mask ? yes : no`, lane by lane (`mask` lanes are all ones or all zeros).
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn select(mask: __m128i, yes: __m128i, no: __m128i) -> __m128i {
+        _mm_or_si128(_mm_and_si128(mask, yes), _mm_andnot_si128(mask, no))
+    }
+
+    /// The Paeth predictor of left `a`, upper `b` and upper-left `c`. With `p = a + b - c`:
+    /// `p - a = b - c`, `p - b = a - c` and `p - c = (b - c) + (a - c)`; the nearest wins, ties
+    /// going to `a`, then `b`.
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn paeth(a: __m128i, b: __m128i, c: __m128i) -> __m128i {
+        let to_b = _mm_sub_epi16(b, c);
+        let to_a = _mm_sub_epi16(a, c);
+        let dist_c = abs16(_mm_add_epi16(to_b, to_a));
+        let (dist_a, dist_b) = (abs16(to_b), abs16(to_a));
+        let nearest = _mm_min_epi16(dist_c, _mm_min_epi16(dist_a, dist_b));
+        select(
+            _mm_cmpeq_epi16(nearest, dist_a),
+            a,
+            select(_mm_cmpeq_epi16(nearest, dist_b), b, c),
+        )
+    }
+
+    /// One pixel of filter `kind` (0..=4): `raw` plus the prediction from its left (`a`),
+    /// upper (`b`) and upper-left (`c`) neighbours.
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn reconstruct(kind: u8, raw: __m128i, a: __m128i, b: __m128i, c: __m128i) -> __m128i {
+        let predicted = match kind {
+            1 => a,
+            2 => b,
+            3 => _mm_srli_epi16::<1>(_mm_add_epi16(a, b)),
+            4 => paeth(a, b, c),
+            _ => _mm_setzero_si128(),
+        };
+        _mm_add_epi8(raw, predicted)
+    }
+
+    /// Undoes the filters `kinds` (each 0..=4) of `N` consecutive rows in place. `rows` holds
+    /// them, each `stride` bytes (the filter byte, then the samples); `up` is the
+    /// reconstructed row above the first. Row `r` runs `r` pixels behind row `r - 1`: its pixel
+    /// `x` needs row `r - 1`'s pixels `x` and `x - 1`, which the two previous steps produced
+    /// and which stay in registers, so the `N` chains of dependent pixels overlap.
+    #[target_feature(enable = "sse2")]
+    pub(super) fn rows<const BPP: usize, const N: usize>(
+        kinds: [u8; N],
+        rows: &mut [u8],
+        stride: usize,
+        up: &[u8],
+    ) {
+        let zero = _mm_setzero_si128();
+        let pixels = (stride - 1) / BPP;
+        // Per row: its left neighbour (its own last output), and for rows after the first
+        // its upper and upper-left neighbours (the row above's last two outputs).
+        let (mut left, mut upper, mut upper_left) = ([zero; N], [zero; N], [zero; N]);
+        for step in 0..pixels + N - 1 {
+            // Last row first, so that each row reads the row above's outputs of the previous
+            // steps before they are replaced.
+            for r in (0..N).rev() {
+                let Some(x) = step.checked_sub(r).filter(|&x| x < pixels) else {
+                    continue;
+                };
+                let at = r * stride + 1 + x * BPP;
+                let (b, c) = match r {
+                    0 => (
+                        load::<BPP>(&up[x * BPP..]),
+                        match x {
+                            0 => zero,
+                            _ => load::<BPP>(&up[(x - 1) * BPP..]),
+                        },
+                    ),
+                    _ => (upper[r], upper_left[r]),
+                };
+                left[r] = reconstruct(kinds[r], load::<BPP>(&rows[at..]), left[r], b, c);
+                store::<BPP>(left[r], &mut rows[at..]);
+            }
+            upper_left = upper;
+            upper[1..].copy_from_slice(&left[..N - 1]);
+        }
     }
 }
 
@@ -298,6 +474,87 @@ mod tests {
                     assert_eq!(fast, spec(a, b, c), "{a} {b} {c}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn rows_done_in_pairs_equal_rows_done_one_by_one() {
+        // Random bytes, half of them drawn from a few values so that ties and the extremes
+        // come up often.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let byte = (state >> 24) as u8;
+            match state & 1 {
+                0 => [0, 1, 2, 127, 128, 254, 255, 255][usize::from(byte & 7)],
+                _ => byte,
+            }
+        };
+        let mut paired = 0;
+        for bpp in 1..=4 {
+            // Groups of rows with every pair of filters, and a tail of rows done one by one.
+            let groups = (0..=4u8).flat_map(|k| (0..=4u8).map(move |l| [k, l]));
+            for kinds in groups.map(|[k, l]| [k, l, (k + l) % 5, 4 - k, l, k, 2, l, 4 - l, k]) {
+                for pixels in [1, 2, 7, 451] {
+                    let row_len = bpp * pixels;
+                    let stride = row_len + 1;
+                    let up: Vec<u8> = (0..row_len).map(|_| next()).collect();
+                    let mut rows = Vec::new();
+                    for kind in kinds {
+                        rows.push(kind);
+                        rows.extend((0..row_len).map(|_| next()));
+                    }
+                    // One by one, with the scalar code.
+                    let mut expected = rows.clone();
+                    let mut above = up.clone();
+                    for row in expected.chunks_exact_mut(stride) {
+                        let kind = row[0];
+                        let samples = &mut row[1..];
+                        match bpp {
+                            1 => unfilter_bpp::<1>(kind, samples, &above),
+                            2 => unfilter_bpp::<2>(kind, samples, &above),
+                            3 => unfilter_bpp::<3>(kind, samples, &above),
+                            _ => unfilter_bpp::<4>(kind, samples, &above),
+                        }
+                        .unwrap();
+                        above = samples.to_vec();
+                    }
+                    // As the decoder does it.
+                    let mut y = 0;
+                    while y < kinds.len() {
+                        let (done, rest) = rows.split_at_mut(y * stride);
+                        let above = match y {
+                            0 => &up[..],
+                            _ => &done[done.len() - row_len..],
+                        };
+                        let n = unfilter_next_rows(rest, stride, above, bpp).unwrap();
+                        paired += usize::from(n > 1);
+                        y += n;
+                    }
+                    assert_eq!(rows, expected, "filters {kinds:?}, {bpp} bytes per pixel");
+                }
+            }
+        }
+        if cfg!(target_arch = "x86_64") {
+            assert!(paired > 0, "the paired path never ran");
+        }
+    }
+
+    #[test]
+    fn unknown_filters_are_refused_in_either_row_of_a_pair() {
+        for kinds in [[5u8, 4], [4, 5], [255, 0]] {
+            let mut rows = vec![kinds[0], 1, 2, 3, kinds[1], 4, 5, 6];
+            // Rows done alone (the pair path is x86_64 only) reach the bad one next.
+            let outcome = unfilter_next_rows(&mut rows, 4, &[0, 0, 0], 3).and_then(|done| {
+                let (first, rest) = rows.split_at_mut(4);
+                match done {
+                    1 => unfilter_next_rows(rest, 4, &first[1..], 3),
+                    _ => Ok(done),
+                }
+            });
+            assert_eq!(outcome, Err(Unsupported("unknown row filter")));
         }
     }
 
