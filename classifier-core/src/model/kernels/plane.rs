@@ -110,6 +110,9 @@ pub(crate) struct PaddedPlane {
     window: Window,
     taps: [usize; 9],
     data: Vec<f32>,
+    /// The bits of the value the border cells hold. Every load writes the same interior
+    /// cells, so the border only needs writing when this value changes.
+    border_bits: u32,
 }
 
 impl PaddedPlane {
@@ -119,6 +122,7 @@ impl PaddedPlane {
             window,
             taps: window.tap_offsets(),
             data: vec![0.0; window.buffer_len()],
+            border_bits: 0.0f32.to_bits(),
         }
     }
 
@@ -127,7 +131,10 @@ impl PaddedPlane {
         let w = self.window;
         let (in_h, in_w) = w.in_hw;
         let pitch = w.pitch();
-        self.data.fill(border);
+        if border.to_bits() != self.border_bits {
+            self.data.fill(border);
+            self.border_bits = border.to_bits();
+        }
         // Bordered pixel (r, j) holds input pixel (r - 1, j - 1). Rows and columns past the
         // last one a window reads are not stored.
         let last_row = w.stride * (w.out_hw.0 - 1) + 2;
@@ -189,25 +196,31 @@ mod tests {
                 stride,
             };
             assert!(window.is_supported());
-            let plane: Vec<f32> = (0..in_hw.0 * in_hw.1).map(|v| v as f32 + 1.0).collect();
+            // One buffer reused for several planes, as the kernels do, with the border
+            // changing and staying the same.
             let mut padded = PaddedPlane::new(window);
-            padded.load(&plane, -5.0);
-            let bordered = |r: usize, j: usize| match (r.checked_sub(1), j.checked_sub(1)) {
-                (Some(y), Some(x)) if y < in_hw.0 && x < in_hw.1 => plane[y * in_hw.1 + x],
-                _ => -5.0,
-            };
-            for t in 0..9 {
-                let (ky, kx) = (t / 3, t % 3);
-                let tap = padded.tap(t);
-                assert_eq!(tap.len(), window.span());
-                for y in 0..out_hw.0 {
-                    for x in 0..out_hw.1 {
-                        let expected = bordered(stride * y + ky, stride * x + kx);
-                        assert_eq!(
-                            tap[y * window.pitch() + x],
-                            expected,
-                            "{in_hw:?} s{stride} tap {t} ({y},{x})"
-                        );
+            for (load, border) in [(0, -5.0), (1, -5.0), (2, 0.0), (3, f32::NEG_INFINITY)] {
+                let plane: Vec<f32> = (0..in_hw.0 * in_hw.1)
+                    .map(|v| (v * (load + 1)) as f32 + 1.0)
+                    .collect();
+                padded.load(&plane, border);
+                let bordered = |r: usize, j: usize| match (r.checked_sub(1), j.checked_sub(1)) {
+                    (Some(y), Some(x)) if y < in_hw.0 && x < in_hw.1 => plane[y * in_hw.1 + x],
+                    _ => border,
+                };
+                for t in 0..9 {
+                    let (ky, kx) = (t / 3, t % 3);
+                    let tap = padded.tap(t);
+                    assert_eq!(tap.len(), window.span());
+                    for y in 0..out_hw.0 {
+                        for x in 0..out_hw.1 {
+                            let expected = bordered(stride * y + ky, stride * x + kx);
+                            assert_eq!(
+                                tap[y * window.pitch() + x],
+                                expected,
+                                "{in_hw:?} s{stride} load {load} tap {t} ({y},{x})"
+                            );
+                        }
                     }
                 }
             }
