@@ -465,6 +465,30 @@ async fn completed_job_is_signed_and_delivered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_finished_in_this_process_is_sent_without_waiting_for_the_poll() {
+    // The dispatcher polls once at start, then would sleep for a minute, longer than the
+    // receiver's deadline: only the in-memory backend's signal can get the webhook out.
+    let receiver = Receiver::start(always(200)).await;
+    let config = WebhookConfig {
+        poll_interval: Duration::from_secs(60),
+        ..webhooks()
+    };
+    let server = TestServer::in_memory(config).await;
+    assert!(server.backend().webhook_signal().is_some());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for photo in ["chelsea.png", "coffee.png"] {
+        let id = server.submit_ok(photo, &receiver.url("/hooks/now")).await;
+        let all = receiver
+            .wait("the webhook", |all| {
+                all.iter().any(|r| r.json()["job_id"] == id.as_str())
+            })
+            .await;
+        assert!(all.iter().all(|r| r.path == "/hooks/now"), "{all:?}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_with_growing_backoff_then_delivers() {
     // Every event fails 3 times with 503, then succeeds.
     let receiver =

@@ -74,6 +74,15 @@ pub trait WebhookOutbox: Send + Sync {
     /// Move a dead-lettered event back to pending, due now, with its attempts reset to 0.
     /// `false` if it is not in the list.
     async fn retry_webhook_dead_letter(&self, event_id: &str) -> Result<bool>;
+
+    /// A signal notified (`notify_one`, so a notification is kept until someone waits) each
+    /// time this backend object adds a delivery that is due now, so that a dispatcher in the
+    /// same process sends it at once instead of at its next poll. `None` (the default): the
+    /// dispatcher only polls, which is what it must do anyway for deliveries added by other
+    /// processes.
+    fn webhook_signal(&self) -> Option<&tokio::sync::Notify> {
+        None
+    }
 }
 
 /// A label a person gave an image, for retraining.

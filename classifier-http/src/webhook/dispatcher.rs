@@ -157,9 +157,18 @@ impl Inner {
                 futures_util::future::join_all(attempts).await;
             }
             if !full {
+                // A delivery this process adds wakes the dispatcher at once; the poll finds
+                // those of other processes and the retries that come due.
+                let added = async {
+                    match self.service.backend().webhook_signal() {
+                        Some(signal) => signal.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     changed = stop.changed() => if changed.is_err() { break },
                     _ = tokio::time::sleep(self.config.poll_interval) => {}
+                    _ = added => {}
                 }
             }
         }

@@ -250,7 +250,11 @@ impl InMemoryBackend {
 #[async_trait]
 impl WebhookOutbox for InMemoryBackend {
     async fn enqueue_webhook(&self, delivery: &WebhookDelivery) -> Result<bool> {
-        Ok(self.with_extras(|x, _| x.enqueue_webhook(delivery)))
+        let added = self.with_extras(|x, _| x.enqueue_webhook(delivery));
+        if added {
+            self.webhook_added.notify_one();
+        }
+        Ok(added)
     }
 
     async fn claim_webhooks(&self, max: usize, lease: Duration) -> Result<Vec<WebhookDelivery>> {
@@ -281,7 +285,15 @@ impl WebhookOutbox for InMemoryBackend {
     }
 
     async fn retry_webhook_dead_letter(&self, event_id: &str) -> Result<bool> {
-        Ok(self.with_extras(|x, _| x.retry_webhook_dead_letter(event_id, wall_clock())))
+        let moved = self.with_extras(|x, _| x.retry_webhook_dead_letter(event_id, wall_clock()));
+        if moved {
+            self.webhook_added.notify_one();
+        }
+        Ok(moved)
+    }
+
+    fn webhook_signal(&self) -> Option<&tokio::sync::Notify> {
+        Some(&self.webhook_added)
     }
 }
 

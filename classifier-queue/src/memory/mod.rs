@@ -61,6 +61,8 @@ pub struct InMemoryBackend {
     workers: Mutex<Vec<(WorkerInfo, i64)>>,
     /// The webhook outbox, feedback and result cache (see `extras.rs`).
     extras: Mutex<extras::Extras>,
+    /// Notified when a webhook delivery is added (`WebhookOutbox::webhook_signal`).
+    webhook_added: Notify,
 }
 
 impl std::fmt::Debug for InMemoryBackend {
@@ -105,6 +107,7 @@ impl InMemoryBackend {
             ready: Notify::new(),
             workers: Mutex::new(Vec::new()),
             extras: Mutex::new(extras::Extras::default()),
+            webhook_added: Notify::new(),
         })
     }
 
