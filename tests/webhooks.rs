@@ -467,25 +467,41 @@ async fn completed_job_is_signed_and_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_finished_in_this_process_is_sent_without_waiting_for_the_poll() {
     // The dispatcher polls once at start, then would sleep for a minute, longer than the
-    // receiver's deadline: only the in-memory backend's signal can get the webhook out.
+    // receiver's deadline: only the backend's signal can get the webhooks out, for a job
+    // finished by a worker in the same process, on either backend.
     let receiver = Receiver::start(always(200)).await;
     let config = WebhookConfig {
         poll_interval: Duration::from_secs(60),
         ..webhooks()
     };
-    let server = TestServer::in_memory(config).await;
-    assert!(server.backend().webhook_signal().is_some());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    for photo in ["chelsea.png", "coffee.png"] {
-        let id = server.submit_ok(photo, &receiver.url("/hooks/now")).await;
-        let all = receiver
-            .wait("the webhook", |all| {
-                all.iter().any(|r| r.json()["job_id"] == id.as_str())
-            })
-            .await;
-        assert!(all.iter().all(|r| r.path == "/hooks/now"), "{all:?}");
+    let redis_url =
+        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let prefix = format!(
+        "webhooksignal{}x{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let redis = redis_backend(&redis_url, &prefix).await;
+    for server in [
+        TestServer::in_memory(config.clone()).await,
+        TestServer::start(redis, config.clone(), 1).await,
+    ] {
+        assert!(server.backend().webhook_signal().is_some());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for photo in ["chelsea.png", "coffee.png"] {
+            let id = server.submit_ok(photo, &receiver.url("/hooks/now")).await;
+            let all = receiver
+                .wait("the webhook", |all| {
+                    all.iter().any(|r| r.json()["job_id"] == id.as_str())
+                })
+                .await;
+            assert!(all.iter().all(|r| r.path == "/hooks/now"), "{all:?}");
+        }
+        server.stop().await;
     }
-    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,9 +69,9 @@ pub struct WebhookConfig {
     pub breaker_threshold: u32,
     /// How long an open breaker holds deliveries back (`WEBHOOK_BREAKER_COOLDOWN_SECS`).
     pub breaker_cooldown: Duration,
-    /// How often the outbox is polled when nothing is due (`WEBHOOK_POLL_INTERVAL_MS`). A
-    /// backend with a `webhook_signal` (the in-memory one) also wakes the dispatcher as soon
-    /// as an event is added.
+    /// How often the outbox is polled when nothing is due (`WEBHOOK_POLL_INTERVAL_MS`). Both
+    /// backends also wake the dispatcher as soon as this process adds an event
+    /// (`WebhookOutbox::webhook_signal`).
     pub poll_interval: Duration,
     /// Most deliveries claimed, and attempted concurrently, at once.
     pub batch: usize,

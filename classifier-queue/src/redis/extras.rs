@@ -75,7 +75,15 @@ impl WebhookOutbox for RedisBackend {
                 ],
             )
             .await?;
-        Ok(reply::int(&reply, "enqueue_webhook")? == 1)
+        let added = reply::int(&reply, "enqueue_webhook")? == 1;
+        if added {
+            self.webhook_added.notify_one();
+        }
+        Ok(added)
+    }
+
+    fn webhook_signal(&self) -> Option<&tokio::sync::Notify> {
+        Some(&self.webhook_added)
     }
 
     async fn claim_webhooks(&self, max: usize, lease: Duration) -> Result<Vec<WebhookDelivery>> {

@@ -100,6 +100,10 @@ pub struct RedisBackend {
     queue: QueueConfig,
     ttls: Ttls,
     feed: Arc<feed::Feed>,
+    /// Notified when this object adds a webhook delivery (`WebhookOutbox::webhook_signal`):
+    /// a dispatcher in the same process sends it at once; other processes' events are
+    /// found by polling.
+    webhook_added: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -199,6 +203,7 @@ impl RedisBackend {
             queue,
             ttls,
             feed: feed::Feed::new(client, OPERATION_TIMEOUT),
+            webhook_added: tokio::sync::Notify::new(),
         });
         backend.ping().await?;
         tracing::info!(prefix, "connected to Redis");
