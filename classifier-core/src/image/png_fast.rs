@@ -187,8 +187,8 @@ pub(crate) fn decode(bytes: &[u8], max_alloc: u64) -> Result<FastPng, Unsupporte
     })
 }
 
-/// Undoes the filters of the next one or two rows of `rows` (each `stride` bytes: the filter
-/// byte, then the samples), in place, and says how many it did. `up` is the reconstructed row
+/// Undoes the filters of the next row of `rows`, or of the next [`ROWS_AT_ONCE`] rows (each
+/// `stride` bytes: the filter byte, then the samples), in place, and says how many it did. `up` is the reconstructed row
 /// above the first (zeros for the image's first row, as the PNG spec says).
 ///
 /// The Average and Paeth filters make each pixel depend on the one to its left, so one row is
