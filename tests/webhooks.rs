@@ -419,6 +419,16 @@ fn synthetic(event_id: &str, url: &str) -> WebhookDelivery {
     }
 }
 
+/// The Redis URL (`REDIS_URL`, or the local server) and a key prefix of this test's own.
+fn redis_target(name: &str) -> (String, String) {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let millis = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    (url, format!("{name}{}x{millis}", std::process::id()))
+}
+
 async fn redis_backend(url: &str, prefix: &str) -> Arc<dyn Backend> {
     classifier_queue::RedisBackend::connect(url, prefix, QueueConfig::default(), Ttls::default())
         .await
@@ -474,16 +484,7 @@ async fn a_job_finished_in_this_process_is_sent_without_waiting_for_the_poll() {
         poll_interval: Duration::from_secs(60),
         ..webhooks()
     };
-    let redis_url =
-        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
-    let prefix = format!(
-        "webhooksignal{}x{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
+    let (redis_url, prefix) = redis_target("webhooksignal");
     let redis = redis_backend(&redis_url, &prefix).await;
     for server in [
         TestServer::in_memory(config.clone()).await,
@@ -771,16 +772,7 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outbox_survives_a_restart() {
-    let redis_url =
-        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
-    let prefix = format!(
-        "webhooktest{}x{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
+    let (redis_url, prefix) = redis_target("webhooktest");
     // A port nobody listens on yet: deliveries get "connection refused".
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -172,7 +172,7 @@ pub(crate) fn decode(bytes: &[u8], max_alloc: u64) -> Result<FastPng, Unsupporte
             0 => &zero_row[..],
             _ => &done[done.len() - row_len..],
         };
-        y += unfilter_next_rows(&mut rest[..], stride, up, channels)?;
+        y += unfilter_next_rows(rest, stride, up, channels)?;
     }
     for y in 0..height as usize {
         raw.copy_within(y * stride + 1..(y + 1) * stride, y * row_len);
@@ -188,8 +188,9 @@ pub(crate) fn decode(bytes: &[u8], max_alloc: u64) -> Result<FastPng, Unsupporte
 }
 
 /// Undoes the filters of the next row of `rows`, or of the next [`ROWS_AT_ONCE`] rows (each
-/// `stride` bytes: the filter byte, then the samples), in place, and says how many it did. `up` is the reconstructed row
-/// above the first (zeros for the image's first row, as the PNG spec says).
+/// `stride` bytes: the filter byte, then the samples), in place, and says how many it did.
+/// `up` is the reconstructed row above the first (zeros for the image's first row, as the PNG
+/// spec says).
 ///
 /// The Average and Paeth filters make each pixel depend on the one to its left, so one row is
 /// a single chain of dependent steps. On x86_64, [`ROWS_AT_ONCE`] consecutive RGB or RGBA rows
@@ -247,7 +248,7 @@ fn unfilter(kind: u8, row: &mut [u8], up: &[u8], bpp: usize) -> Result<(), Unsup
 }
 
 /// The row filters for RGB and RGBA with one pixel per SSE2 register (libpng's
-/// `filter_sse2_intrinsics.c` approach), for two rows at a time. Each channel sits in a 16-bit
+/// `filter_sse2_intrinsics.c` approach), for several rows at a time. Each channel sits in a 16-bit
 /// lane (0..=255), where `a + b - c` and its distances cannot overflow; the final additions
 /// use `_epi8` so that they wrap modulo 256 as the spec says, and leave the upper byte of each
 /// lane zero. SSE2 is part of x86_64, so no runtime detection is needed.
@@ -344,28 +345,21 @@ mod pixel_simd {
     ) {
         let zero = _mm_setzero_si128();
         let pixels = (stride - 1) / BPP;
-        // Per row: its left neighbour (its own last output), and for rows after the first
-        // its upper and upper-left neighbours (the row above's last two outputs).
+        // Per row: its left neighbour (its own last output), and its upper and upper-left
+        // neighbours (for the first row from `up`, for the others the row above's last two
+        // outputs).
         let (mut left, mut upper, mut upper_left) = ([zero; N], [zero; N], [zero; N]);
         for step in 0..pixels + N - 1 {
-            // Last row first, so that each row reads the row above's outputs of the previous
-            // steps before they are replaced.
-            for r in (0..N).rev() {
+            if step < pixels {
+                upper[0] = load::<BPP>(&up[step * BPP..]);
+            }
+            for r in 0..N {
                 let Some(x) = step.checked_sub(r).filter(|&x| x < pixels) else {
                     continue;
                 };
                 let at = r * stride + 1 + x * BPP;
-                let (b, c) = match r {
-                    0 => (
-                        load::<BPP>(&up[x * BPP..]),
-                        match x {
-                            0 => zero,
-                            _ => load::<BPP>(&up[(x - 1) * BPP..]),
-                        },
-                    ),
-                    _ => (upper[r], upper_left[r]),
-                };
-                left[r] = reconstruct(kinds[r], load::<BPP>(&rows[at..]), left[r], b, c);
+                let raw = load::<BPP>(&rows[at..]);
+                left[r] = reconstruct(kinds[r], raw, left[r], upper[r], upper_left[r]);
                 store::<BPP>(left[r], &mut rows[at..]);
             }
             upper_left = upper;
@@ -478,7 +472,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_done_in_pairs_equal_rows_done_one_by_one() {
+    fn rows_done_in_groups_equal_rows_done_one_by_one() {
         // Random bytes, half of them drawn from a few values so that ties and the extremes
         // come up often.
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -492,7 +486,7 @@ mod tests {
                 _ => byte,
             }
         };
-        let mut paired = 0;
+        let mut grouped = 0;
         for bpp in 1..=4 {
             // Groups of rows with every pair of filters, and a tail of rows done one by one.
             let groups = (0..=4u8).flat_map(|k| (0..=4u8).map(move |l| [k, l]));
@@ -530,7 +524,7 @@ mod tests {
                             _ => &done[done.len() - row_len..],
                         };
                         let n = unfilter_next_rows(rest, stride, above, bpp).unwrap();
-                        paired += usize::from(n > 1);
+                        grouped += usize::from(n > 1);
                         y += n;
                     }
                     assert_eq!(rows, expected, "filters {kinds:?}, {bpp} bytes per pixel");
@@ -538,23 +532,38 @@ mod tests {
             }
         }
         if cfg!(target_arch = "x86_64") {
-            assert!(paired > 0, "the paired path never ran");
+            assert!(grouped > 0, "the grouped path never ran");
         }
     }
 
     #[test]
-    fn unknown_filters_are_refused_in_either_row_of_a_pair() {
-        for kinds in [[5u8, 4], [4, 5], [255, 0]] {
-            let mut rows = vec![kinds[0], 1, 2, 3, kinds[1], 4, 5, 6];
-            // Rows done alone (the pair path is x86_64 only) reach the bad one next.
-            let outcome = unfilter_next_rows(&mut rows, 4, &[0, 0, 0], 3).and_then(|done| {
-                let (first, rest) = rows.split_at_mut(4);
-                match done {
-                    1 => unfilter_next_rows(rest, 4, &first[1..], 3),
-                    _ => Ok(done),
+    fn an_unknown_filter_is_refused_in_any_row_of_a_group() {
+        // Ten Paeth rows of two RGB pixels, one of them with a bad filter byte: the decoder's
+        // loop stops with the error wherever the bad row sits (inside a group or after it).
+        let (stride, rows) = (7, 10);
+        for bad in 0..rows {
+            let mut data: Vec<u8> = (0..stride * rows).map(|i| i as u8).collect();
+            for r in 0..rows {
+                data[r * stride] = if r == bad { 5 } else { 4 };
+            }
+            let up = [0u8; 6];
+            let mut y = 0;
+            let outcome = loop {
+                let (done, rest) = data.split_at_mut(y * stride);
+                let above = match y {
+                    0 => &up[..],
+                    _ => &done[done.len() - 6..],
+                };
+                match unfilter_next_rows(rest, stride, above, 3) {
+                    Ok(n) if y + n < rows => y += n,
+                    other => break other,
                 }
-            });
-            assert_eq!(outcome, Err(Unsupported("unknown row filter")));
+            };
+            assert_eq!(
+                outcome,
+                Err(Unsupported("unknown row filter")),
+                "bad row {bad}"
+            );
         }
     }
 

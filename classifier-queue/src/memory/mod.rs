@@ -61,7 +61,8 @@ pub struct InMemoryBackend {
     workers: Mutex<Vec<(WorkerInfo, i64)>>,
     /// The webhook outbox, feedback and result cache (see `extras.rs`).
     extras: Mutex<extras::Extras>,
-    /// Notified when a webhook delivery is added (`WebhookOutbox::webhook_signal`).
+    /// Notified when a webhook delivery is added or a dead letter moved back
+    /// (`WebhookOutbox::webhook_signal`).
     webhook_added: Notify,
 }
 

@@ -222,7 +222,10 @@ impl WebhookOutbox for RedisBackend {
                 )
                 .await?;
             match reply::int(&reply, "retry_webhook_dead_letter")? {
-                1 => return Ok(true),
+                1 => {
+                    self.webhook_added.notify_one();
+                    return Ok(true);
+                }
                 0 => return Ok(false),
                 _ => continue,
             }
