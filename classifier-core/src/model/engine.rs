@@ -209,6 +209,8 @@ impl Engine {
             // tract's operators rather than failing to load.
             let mut rewritten = model.clone();
             match super::kernels::substitute(&mut rewritten).and_then(|done| {
+                #[cfg(test)]
+                tests::fail_if_rewrite_broken()?;
                 rewritten.optimize()?;
                 Ok(done)
             }) {
@@ -294,5 +296,102 @@ impl Engine {
             )));
         }
         Ok(view.iter().copied().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::model::{EngineOptions, ModelLocator};
+    use crate::Classifier;
+
+    thread_local! {
+        /// Set by a test: plans built on this thread find their rewrite failed (after it has
+        /// already changed its copy of the graph), as a bug in it would.
+        static REWRITE_BROKEN: Cell<bool> = const { Cell::new(false) };
+    }
+
+    pub(super) fn fail_if_rewrite_broken() -> TractResult<()> {
+        if REWRITE_BROKEN.with(Cell::get) {
+            return Err(TractError::msg("rewrite broken by a test"));
+        }
+        Ok(())
+    }
+
+    fn reference_input(photo: &str) -> Vec<f32> {
+        let labels = ModelLocator::from_env()
+            .find("imagenet_classes.txt")
+            .expect("the shared models directory");
+        let path = labels.with_file_name(format!("reference/inputs/{photo}.input.bin"));
+        std::fs::read(&path)
+            .expect("a reference input")
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
+
+    fn ops_named(plan: &TypedRunnableModel, name: &str) -> usize {
+        plan.model()
+            .nodes
+            .iter()
+            .filter(|n| n.op().name() == name)
+            .count()
+    }
+
+    /// A rewrite that fails must leave the model to tract's operators, from the graph as it
+    /// was before the rewrite touched it: the plan holds none of our kernels and gives
+    /// exactly what an engine without them gives.
+    #[test]
+    fn a_failed_rewrite_falls_back_to_tracts_operators_on_the_untouched_graph() {
+        let ours = Classifier::builder()
+            .version("shufflenet-v2-f32")
+            .build()
+            .expect("the default model");
+        let theirs = Classifier::builder()
+            .version("shufflenet-v2-f32")
+            .engine_options(EngineOptions {
+                custom_kernels: false,
+                ..EngineOptions::default()
+            })
+            .build()
+            .expect("the default model");
+        let input: Vec<f32> = ["chelsea", "coffee"]
+            .iter()
+            .flat_map(|photo| reference_input(photo))
+            .collect();
+
+        // Batch 1 was built at load time with the rewrite working: our kernels are in it.
+        let rewritten = ours.engine().tract_plan(1).expect("plan");
+        assert_eq!(ops_named(&rewritten, "Depthwise3x3"), 19);
+
+        // Batch 2 is built now, on this thread, with the rewrite failing.
+        REWRITE_BROKEN.with(|b| b.set(true));
+        let fallback = ours.engine().tract_plan(2);
+        REWRITE_BROKEN.with(|b| b.set(false));
+        let fallback = fallback.expect("the model still loads");
+        for op in [
+            "Depthwise3x3",
+            "StemConv3x3",
+            "MaxPool3x3",
+            "ShuffleSplit",
+            "Pointwise1x1",
+        ] {
+            assert_eq!(
+                ops_named(&fallback, op),
+                0,
+                "{op} left in the fallback plan"
+            );
+        }
+        let reference = theirs.engine().tract_plan(2).expect("plan");
+        assert_eq!(
+            ops_named(&fallback, "OptMatMul"),
+            ops_named(&reference, "OptMatMul")
+        );
+
+        let got = ours.engine().run(input.clone(), 2).expect("inference");
+        let want = theirs.engine().run(input, 2).expect("inference");
+        assert_eq!(got, want, "the fallback is tract's own plan, bit for bit");
     }
 }
