@@ -76,10 +76,10 @@ pub trait WebhookOutbox: Send + Sync {
     async fn retry_webhook_dead_letter(&self, event_id: &str) -> Result<bool>;
 
     /// A signal notified (`notify_one`, so a notification is kept until someone waits) each
-    /// time this backend object adds a delivery (or moves a dead letter back), so that a dispatcher in the
-    /// same process sends it at once instead of at its next poll. `None` (the default): the
-    /// dispatcher only polls, which is what it must do anyway for deliveries added by other
-    /// processes.
+    /// time this backend object adds a delivery or moves a dead letter back, so that a
+    /// dispatcher in the same process sends it at once instead of at its next poll. `None`
+    /// (the default): the dispatcher only polls, which it must do anyway for deliveries that
+    /// other processes add.
     fn webhook_signal(&self) -> Option<&tokio::sync::Notify> {
         None
     }

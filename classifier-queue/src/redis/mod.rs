@@ -101,9 +101,8 @@ pub struct RedisBackend {
     ttls: Ttls,
     feed: Arc<feed::Feed>,
     /// Notified when this object adds a webhook delivery or moves a dead letter back
-    /// (`WebhookOutbox::webhook_signal`):
-    /// a dispatcher in the same process sends it at once; other processes' events are
-    /// found by polling.
+    /// (`WebhookOutbox::webhook_signal`): a dispatcher in the same process sends it at once;
+    /// other processes' events are found by polling.
     webhook_added: tokio::sync::Notify,
 }
 
