@@ -431,6 +431,7 @@ fn stem_window(
         && conv.kernel_fmt == KernelFormat::OIHW
         && conv.group == 1
         && cin <= conv3x3::MAX_IN_CHANNELS
+        && simd::dense_row_is_vectorized()
         && facts.len() == 3
         && facts[1].datum_type == f32::datum_type()
         && facts[1].shape.as_concrete() == Some(&[cout, cin, 3, 3][..])

@@ -97,7 +97,11 @@ pub(crate) const MAX_TAPS: usize = 36;
 ///
 /// With AVX-512, positions go 16 at a time: their values for every tap are loaded into
 /// registers once, then each output channel's sum stays in one register (written with
-/// intrinsics: the compiler's vectorizer split such a 16-float array into pieces).
+/// intrinsics: the compiler's vectorizer split such a 16-float array into pieces). With AVX2
+/// and FMA (16 registers of 8 floats, too few to hold the taps), positions go 16 at a time and
+/// output channels 6 at a time: their 12 sums stay in registers while the taps stream past. Both add the taps in the same order with fused
+/// multiply-adds, so they give the same bits. Positions left over (fewer than a vector) are
+/// done one by one.
 pub(crate) fn dense_row(
     taps: &[&[f32]],
     weights: &[f32],
@@ -116,6 +120,9 @@ pub(crate) fn dense_row(
     if std::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F.
         done = unsafe { dense_row_avx512(taps, weights, bias, relu, out, offset, plane) };
+    } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA.
+        done = unsafe { avx2::dense_row(taps, weights, bias, relu, out, offset, plane) };
     }
     for x in done..n {
         for (co, &b) in bias.iter().enumerate() {
@@ -172,6 +179,139 @@ fn dense_row_avx512(
     x
 }
 
+/// Whether [`dense_row`] runs vectorized on this CPU (AVX-512F, or AVX2 with FMA). Without
+/// either it is a scalar loop, several times slower than tract's own convolution, so the
+/// kernel substitution leaves such convolutions to tract.
+pub(crate) fn dense_row_is_vectorized() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            || (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`dense_row`] with AVX2 and FMA: blocks of 16 positions (two vectors) × up to 6 output
+/// channels, whose 12 sums stay in registers while the taps stream past; each tap is loaded
+/// once per block and each weight broadcast once for both vectors.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Positions per vector.
+    const LANES: usize = 8;
+
+    /// [`super::dense_row`] for the positions in whole groups of 8; returns how many it did.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dense_row(
+        taps: &[&[f32]],
+        weights: &[f32],
+        bias: &[f32],
+        relu: bool,
+        out: &mut [f32],
+        offset: usize,
+        plane: usize,
+    ) -> usize {
+        let n = taps.first().map_or(0, |t| t.len());
+        let row = Row {
+            taps,
+            weights,
+            bias,
+            relu,
+            plane,
+        };
+        let mut x = 0;
+        while x + 2 * LANES <= n {
+            row.channels::<2>(out, offset, x);
+            x += 2 * LANES;
+        }
+        while x + LANES <= n {
+            row.channels::<1>(out, offset, x);
+            x += LANES;
+        }
+        x
+    }
+
+    /// The arguments of [`dense_row`] that stay the same along a row.
+    struct Row<'a> {
+        taps: &'a [&'a [f32]],
+        weights: &'a [f32],
+        bias: &'a [f32],
+        relu: bool,
+        plane: usize,
+    }
+
+    impl Row<'_> {
+        /// Every output channel at positions `x..x + 8 * V`.
+        #[target_feature(enable = "avx2,fma")]
+        #[inline]
+        fn channels<const V: usize>(&self, out: &mut [f32], offset: usize, x: usize) {
+            let mut co = 0;
+            while co + 6 <= self.bias.len() {
+                self.block::<6, V>(out, offset, x, co);
+                co += 6;
+            }
+            while co + 4 <= self.bias.len() {
+                self.block::<4, V>(out, offset, x, co);
+                co += 4;
+            }
+            while co < self.bias.len() {
+                self.block::<1, V>(out, offset, x, co);
+                co += 1;
+            }
+        }
+
+        /// Output channels `co..co + G` at positions `x..x + 8 * V` of the taps, stored at
+        /// `offset + x..` of each channel's plane.
+        #[target_feature(enable = "avx2,fma")]
+        #[inline]
+        fn block<const G: usize, const V: usize>(
+            &self,
+            out: &mut [f32],
+            offset: usize,
+            x: usize,
+            co: usize,
+        ) {
+            let count = self.taps.len();
+            let mut acc = [[_mm256_setzero_ps(); V]; G];
+            for (g, sums) in acc.iter_mut().enumerate() {
+                *sums = [_mm256_set1_ps(self.bias[co + g]); V];
+            }
+            let weights = &self.weights[co * count..(co + G) * count];
+            for (t, tap) in self.taps.iter().enumerate() {
+                let lanes: &[f32] = &tap[x..x + V * LANES];
+                let mut values = [_mm256_setzero_ps(); V];
+                for (v, value) in values.iter_mut().enumerate() {
+                    // SAFETY: `lanes` holds 8 * V readable floats.
+                    *value = unsafe { _mm256_loadu_ps(lanes.as_ptr().add(v * LANES)) };
+                }
+                for (g, sums) in acc.iter_mut().enumerate() {
+                    let w = _mm256_set1_ps(weights[g * count + t]);
+                    for (sum, &value) in sums.iter_mut().zip(&values) {
+                        *sum = _mm256_fmadd_ps(w, value, *sum);
+                    }
+                }
+            }
+            for (g, sums) in acc.into_iter().enumerate() {
+                let start = (co + g) * self.plane + offset + x;
+                let target = &mut out[start..start + V * LANES];
+                for (v, sum) in sums.into_iter().enumerate() {
+                    let sum = if self.relu {
+                        _mm256_max_ps(sum, _mm256_setzero_ps())
+                    } else {
+                        sum
+                    };
+                    // SAFETY: `target` holds 8 * V writable floats.
+                    unsafe { _mm256_storeu_ps(target.as_mut_ptr().add(v * LANES), sum) };
+                }
+            }
+        }
+    }
+}
+
 vectorized! {
     /// `first[k] = source[2k]` and `second[k] = source[2k + 1]` for every pair of `source`
     /// (and `first[k]` for a last unpaired value). Both outputs must be long enough.
@@ -191,6 +331,87 @@ vectorized! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `dense_row` by its definition, in f64.
+    fn dense_row_by_definition(
+        taps: &[&[f32]],
+        weights: &[f32],
+        bias: &[f32],
+        relu: bool,
+    ) -> Vec<f64> {
+        let n = taps[0].len();
+        let mut out = Vec::new();
+        for (co, &b) in bias.iter().enumerate() {
+            for x in 0..n {
+                let w = &weights[co * taps.len()..];
+                let sum = taps.iter().enumerate().fold(f64::from(b), |acc, (t, tap)| {
+                    acc + f64::from(w[t]) * f64::from(tap[x])
+                });
+                out.push(if relu { sum.max(0.0) } else { sum });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn dense_row_matches_its_definition_and_its_vector_paths_agree_bit_for_bit() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        // Tap counts of 1 to 4 input channels; channel counts that exercise the blocks of 6,
+        // 4 and 1; row lengths with and without a tail shorter than a vector.
+        for (count, channels, n, relu) in [
+            (27, 24, 112, true),
+            (27, 4, 37, false),
+            (9, 11, 16, true),
+            (36, 13, 57, false),
+            (18, 1, 7, true),
+        ] {
+            let data: Vec<Vec<f32>> = (0..count)
+                .map(|_| (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect())
+                .collect();
+            let taps: Vec<&[f32]> = data.iter().map(Vec::as_slice).collect();
+            let weights: Vec<f32> = (0..count * channels).map(|_| rng.f32() - 0.5).collect();
+            let bias: Vec<f32> = (0..channels).map(|_| rng.f32() - 0.5).collect();
+            // Written into the middle of longer planes, as the kernel does with its rows.
+            let (offset, plane) = (3, n + 5);
+            let expected = dense_row_by_definition(&taps, &weights, &bias, relu);
+            let mut dispatched = vec![f32::NAN; channels * plane];
+            dense_row(&taps, &weights, &bias, relu, &mut dispatched, offset, plane);
+            for co in 0..channels {
+                for x in 0..n {
+                    let got = dispatched[co * plane + offset + x];
+                    let want = expected[co * n + x];
+                    assert!(
+                        (f64::from(got) - want).abs() < 1e-5,
+                        "{count} taps, channel {co}, x {x}: {got} vs {want}"
+                    );
+                }
+            }
+            // The AVX2 path, also on CPUs whose dispatch picks AVX-512: the positions both
+            // vector paths cover must be the same bits (same order of fused multiply-adds).
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                let mut avx2 = vec![f32::NAN; channels * plane];
+                // SAFETY: the CPU has AVX2 and FMA.
+                let done = unsafe {
+                    avx2::dense_row(&taps, &weights, &bias, relu, &mut avx2, offset, plane)
+                };
+                assert_eq!(done, n / 8 * 8);
+                let both = if std::is_x86_feature_detected!("avx512f") {
+                    n / LANES * LANES
+                } else {
+                    done
+                };
+                for co in 0..channels {
+                    let range = co * plane + offset..co * plane + offset + both;
+                    assert_eq!(
+                        avx2[range.clone()],
+                        dispatched[range],
+                        "{count} taps, channel {co}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn primitives_use_the_prefix_of_longer_inputs() {
