@@ -368,15 +368,16 @@ fn custom_kernels_match_tracts_own_operators() {
     assert_eq!(count("StemConv3x3"), 1);
     assert_eq!(count("MaxPool3x3"), 1);
     assert_eq!(count("ShuffleSplit"), 15, "every channel shuffle is ours");
-    // The 1×1 convolutions are ours where the CPU has AVX-512F (tract's matrix product
-    // elsewhere); only the classifier's matrix product stays tract's.
-    let avx512 = std::is_x86_feature_detected!("avx512f");
+    // The 1×1 convolutions are ours where the CPU has AVX-512F, or AVX2 and FMA (tract's
+    // matrix product elsewhere); only the classifier's matrix product stays tract's.
+    let vectors = std::is_x86_feature_detected!("avx512f")
+        || (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"));
     assert_eq!(
         count("Pointwise1x1"),
-        if avx512 { 36 } else { 0 },
+        if vectors { 36 } else { 0 },
         "every 1×1 convolution is ours"
     );
-    assert_eq!(count("OptMatMul"), if avx512 { 1 } else { 37 });
+    assert_eq!(count("OptMatMul"), if vectors { 1 } else { 37 });
     assert_eq!(
         count("DepthWiseConv") + count("OptMaxPool") + count("MoveAxis"),
         0

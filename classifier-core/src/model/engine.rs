@@ -27,7 +27,7 @@ pub struct EngineOptions {
     /// choice when several workers already keep every core busy).
     pub intra_op_threads: usize,
     /// Run depthwise 3×3 convolutions, 3×3 convolutions over at most 4 input channels (with
-    /// their ReLU), 3×3 max-pools, channel shuffles and, on CPUs with AVX-512F, 1×1
+    /// their ReLU), 3×3 max-pools, channel shuffles and, on CPUs with AVX-512F or AVX2, 1×1
     /// convolutions (with their bias and ReLU) with this crate's kernels instead of tract's
     /// (see `model::kernels`): same results within float rounding, several times less time in
     /// those operators. `false` leaves the whole graph to tract.

@@ -8,7 +8,7 @@
 //! [`substitute`] rewrites a decluttered tract graph, replacing each such node whose geometry
 //! our kernels serve exactly (NCHW or CHW float32, 3×3 window, stride 1 or 2, one pixel of
 //! padding before each axis, no dilation; a shuffle of exactly the ShuffleNet form; a 1×1
-//! convolution as tract's declutter writes it, on CPUs with AVX-512F) with an operator of
+//! convolution as tract's declutter writes it, on CPUs with AVX-512F or AVX2) with an operator of
 //! this module. Every other node, and every node whose geometry differs, stays tract's; tract
 //! then optimizes the rewritten graph as usual.
 //!
@@ -133,7 +133,7 @@ pub struct Substituted {
     /// Channel shuffles with their split, now run by [`ShuffleSplit`].
     pub shuffles: usize,
     /// 1×1 convolutions (tract's `EinSum`, with the bias `Add` after it) now run by
-    /// [`Pointwise1x1`]; only on CPUs with AVX-512F.
+    /// [`Pointwise1x1`]; only on CPUs with AVX-512F, or AVX2 and FMA.
     pub pointwise: usize,
 }
 

@@ -10,20 +10,27 @@
 //! pixels once (3 vectors), broadcasts the 8 weights and does 24 fused multiply-adds. The last
 //! pixels of a plane that do not fill a vector are read and written under a lane mask.
 //!
-//! Only CPUs with AVX-512F get this kernel in their plans (see [`available`]); elsewhere the
-//! rewrite leaves tract's matrix product in place. [`Pointwise1x1`] itself computes the same
-//! result without AVX-512 (a plain loop), so it is correct wherever it runs.
+//! With AVX2 and FMA only (16 registers of 8 floats) the block is 6 output channels × 16
+//! pixels. Single-threaded it runs at tract's speed (9.3-9.4 against 9.3 ms for ShuffleNet's
+//! 36 layers on an AMD EPYC VM), but unlike tract's matrix product it can be shared with a
+//! helping inference thread ([`assist`]), which takes an assisted inference from 12.6 to
+//! 9.8 ms there.
+//!
+//! Only CPUs with AVX-512F, or AVX2 and FMA, get this kernel in their plans (see
+//! [`available`]); elsewhere the rewrite leaves tract's matrix product in place.
+//! [`Pointwise1x1`] itself computes the same result without them (a plain loop), so it is
+//! correct wherever it runs.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use crate::model::assist;
 
-/// Whether this CPU runs [`Pointwise1x1`] with its fast path (AVX-512F).
+/// Whether this CPU runs [`Pointwise1x1`] with a fast path (AVX-512F, or AVX2 with FMA).
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx512f")
+        std::is_x86_feature_detected!("avx512f") || avx2::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -139,7 +146,8 @@ impl Pointwise1x1 {
         );
         // The rewrite never plans an empty product (see `pointwise_match`).
         ensure!(cin > 0 && pixels > 0, "empty 1×1 convolution");
-        let fast = available();
+        #[cfg(target_arch = "x86_64")]
+        let (wide, narrow) = (std::is_x86_feature_detected!("avx512f"), avx2::available());
         let planes = image
             .chunks_exact(cin * pixels)
             .zip(out.chunks_exact_mut(cout * pixels));
@@ -156,13 +164,13 @@ impl Pointwise1x1 {
                     cin,
                     relu: self.relu,
                 };
-                if fast {
-                    #[cfg(target_arch = "x86_64")]
-                    {
-                        // SAFETY: the CPU has AVX-512F.
-                        unsafe { avx512::run(product) };
-                        return;
-                    }
+                #[cfg(target_arch = "x86_64")]
+                if wide {
+                    // SAFETY: the CPU has AVX-512F.
+                    return unsafe { avx512::run(product) };
+                } else if narrow {
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    return unsafe { avx2::run(product) };
                 }
                 product.run_plain();
             });
@@ -185,7 +193,7 @@ struct Product<'a> {
 }
 
 impl Product<'_> {
-    /// The definition as a plain loop (for CPUs without AVX-512F).
+    /// The definition as a plain loop (for CPUs without AVX-512F or AVX2).
     fn run_plain(self) {
         let (pixels, cin) = (self.pixels, self.cin);
         for (co, out) in self.out.chunks_exact_mut(pixels).enumerate() {
@@ -335,6 +343,148 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! The register-blocked AVX2 + FMA path of [`Product`]: as the AVX-512 one, with 8-float
+    //! registers and blocks of 6 output channels × 16 pixels (12 sums; AVX2 has 16 registers).
+    //! The last vector of a plane is read and written under a lane mask.
+    use super::Product;
+    use std::arch::x86_64::*;
+
+    /// Floats per register.
+    const LANES: usize = 8;
+    /// Output channels per block.
+    const ROWS: usize = 6;
+    /// A block of the product (see [`block`]).
+    type Block = unsafe fn(&mut Product<'_>, usize, usize, __m256i);
+
+    /// Whether the CPU has AVX2 and FMA.
+    pub(super) fn available() -> bool {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+
+    /// Runs `p` with AVX2 and FMA.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn run(mut p: Product<'_>) {
+        let cout = p.bias.len();
+        assert!(
+            p.pixels > 0
+                && p.cin > 0
+                && p.image.len() == p.cin * p.pixels
+                && p.weights.len() == cout * p.cin
+                && p.out.len() == cout * p.pixels
+        );
+        let vectors = p.pixels.div_ceil(LANES);
+        let mut v = 0;
+        while v < vectors {
+            let count = (vectors - v).min(2);
+            let first = v * LANES;
+            // Lanes of the block's last vector that hold pixels.
+            let last = (p.pixels - first - (count - 1) * LANES).min(LANES);
+            let mask = _mm256_cmpgt_epi32(
+                _mm256_set1_epi32(last as i32),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            );
+            let mut co = 0;
+            while co < cout {
+                let full = last == LANES;
+                // The block for `R` rows: `V` = `count` vectors, masked only if the last is
+                // partial.
+                macro_rules! block_of {
+                    ($rows:literal) => {
+                        match (count, full) {
+                            (2, true) => block::<$rows, 2, false>,
+                            (2, false) => block::<$rows, 2, true>,
+                            (_, true) => block::<$rows, 1, false>,
+                            (_, false) => block::<$rows, 1, true>,
+                        }
+                    };
+                }
+                let (block, rows): (Block, usize) = match cout - co {
+                    ROWS.. => (block_of!(6), ROWS),
+                    4.. => (block_of!(4), 4),
+                    2.. => (block_of!(2), 2),
+                    _ => (block_of!(1), 1),
+                };
+                // SAFETY: the block's rows are `co..co + rows` with `co + rows <= cout`, and
+                // its pixels `first..first + 8 * (count - 1) + last` lie in the plane, by the
+                // loop bounds; the lengths were checked above.
+                unsafe { block(&mut p, co, first, mask) };
+                co += rows;
+            }
+            v += count;
+        }
+    }
+
+    /// Output channels `co..co + R`, pixels `first..` in `V` vectors, the last of which holds
+    /// the lanes whose `mask` element is all ones if `MASKED` (else all 8): the sums stay in
+    /// `R * V` registers over all input channels.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `co + R <= cout`; pixels `first..first + 8 * (V - 1)`
+    /// and the masked lanes of the vector after them lie inside the plane.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn block<const R: usize, const V: usize, const MASKED: bool>(
+        p: &mut Product<'_>,
+        co: usize,
+        first: usize,
+        mask: __m256i,
+    ) {
+        let (pixels, cin) = (p.pixels, p.cin);
+        let mut acc = [[_mm256_setzero_ps(); V]; R];
+        for (r, row) in acc.iter_mut().enumerate() {
+            *row = [_mm256_set1_ps(p.bias[co + r]); V];
+        }
+        let image = p.image.as_ptr();
+        let weights = p.weights.as_ptr();
+        for ci in 0..cin {
+            // SAFETY: by the contract, every unmasked lane read is inside the image plane
+            // `ci`, and the weights `(co + r) * cin + ci` are inside `weights`; masked-off
+            // lanes are not accessed (`vmaskmovps` suppresses their faults).
+            unsafe {
+                let x = image.add(ci * pixels + first);
+                let mut values = [_mm256_setzero_ps(); V];
+                for (k, value) in values.iter_mut().enumerate() {
+                    *value = if MASKED && k + 1 == V {
+                        _mm256_maskload_ps(x.add(k * LANES), mask)
+                    } else {
+                        _mm256_loadu_ps(x.add(k * LANES))
+                    };
+                }
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let w = _mm256_set1_ps(*weights.add((co + r) * cin + ci));
+                    for (sum, &value) in row.iter_mut().zip(&values) {
+                        *sum = _mm256_fmadd_ps(w, value, *sum);
+                    }
+                }
+            }
+        }
+        let out = p.out.as_mut_ptr();
+        for (r, row) in acc.iter().enumerate() {
+            for (k, &sum) in row.iter().enumerate() {
+                let sum = if p.relu {
+                    _mm256_max_ps(sum, _mm256_setzero_ps())
+                } else {
+                    sum
+                };
+                // SAFETY: as for the loads, in output plane `co + r`, which is inside `out`.
+                unsafe {
+                    let o = out.add((co + r) * pixels + first + k * LANES);
+                    if MASKED && k + 1 == V {
+                        _mm256_maskstore_ps(o, mask, sum);
+                    } else {
+                        _mm256_storeu_ps(o, sum);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,7 +515,8 @@ mod tests {
     }
 
     /// Every block shape of the AVX-512 path (1, 2, 4 and 8 output channels; 1, 2 and 3
-    /// vectors; a full or partial last vector) and the plain path agree with the definition.
+    /// vectors; a full or partial last vector), of the AVX2 path (1, 2, 4 and 6 channels; 1
+    /// or 2 vectors, full or partial) and the plain path agree with the definition.
     #[test]
     fn matches_the_definition_on_every_block_shape() {
         let mut rng = fastrand::Rng::with_seed(5);
@@ -396,27 +547,39 @@ mod tests {
             let expected = reference(&op, images, pixels, &image, &weights, &bias);
             let mut out = vec![f32::NAN; images * cout * pixels];
             op.run(&image, &weights, &bias, &mut out).unwrap();
-            let mut plain = vec![f32::NAN; images * cout * pixels];
-            for (image, plain) in image
-                .chunks_exact(cin * pixels)
-                .zip(plain.chunks_exact_mut(cout * pixels))
-            {
-                Product {
-                    image,
-                    weights: &weights,
-                    bias: &bias,
-                    out: plain,
-                    pixels,
-                    cin,
-                    relu,
+            // Each path run directly, whichever the dispatch picks on this CPU.
+            let by_path = |run: &dyn Fn(Product<'_>)| {
+                let mut result = vec![f32::NAN; images * cout * pixels];
+                for (image, out) in image
+                    .chunks_exact(cin * pixels)
+                    .zip(result.chunks_exact_mut(cout * pixels))
+                {
+                    run(Product {
+                        image,
+                        weights: &weights,
+                        bias: &bias,
+                        out,
+                        pixels,
+                        cin,
+                        relu,
+                    });
                 }
-                .run_plain();
+                result
+            };
+            let mut paths = vec![("plain", by_path(&|p| p.run_plain()))];
+            #[cfg(target_arch = "x86_64")]
+            if avx2::available() {
+                // SAFETY: the CPU has AVX2 and FMA.
+                paths.push(("avx2", by_path(&|p| unsafe { avx2::run(p) })));
             }
-            for (i, ((a, b), c)) in out.iter().zip(&plain).zip(&expected).enumerate() {
-                assert!(
-                    (a - c).abs() <= 1e-5 && (b - c).abs() <= 1e-5,
-                    "{cin}->{cout} {h}x{w} at {i}: {a} / {b} vs {c}"
-                );
+            paths.push(("dispatched", out));
+            for (path, result) in &paths {
+                for (i, (a, c)) in result.iter().zip(&expected).enumerate() {
+                    assert!(
+                        (a - c).abs() <= 1e-5,
+                        "{path}: {cin}->{cout} {h}x{w} at {i}: {a} vs {c}"
+                    );
+                }
             }
         }
     }
