@@ -99,9 +99,9 @@ pub(crate) const MAX_TAPS: usize = 36;
 /// registers once, then each output channel's sum stays in one register (written with
 /// intrinsics: the compiler's vectorizer split such a 16-float array into pieces). With AVX2
 /// and FMA (16 registers of 8 floats, too few to hold the taps), positions go 16 at a time and
-/// output channels 6 at a time: their 12 sums stay in registers while the taps stream past. Both add the taps in the same order with fused
-/// multiply-adds, so they give the same bits. Positions left over (fewer than a vector) are
-/// done one by one.
+/// output channels 6 at a time: their 12 sums stay in registers while the taps stream past.
+/// Both add the taps in the same order with fused multiply-adds, so they give the same bits.
+/// Positions left over (fewer than a vector) are done one by one.
 pub(crate) fn dense_row(
     taps: &[&[f32]],
     weights: &[f32],
