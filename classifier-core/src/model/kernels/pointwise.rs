@@ -388,21 +388,20 @@ mod avx2 {
                 _mm256_set1_epi32(last as i32),
                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
             );
+            let full = last == LANES;
+            // The block for `R` rows: `V` = `count` vectors, masked only if the last is partial.
+            macro_rules! block_of {
+                ($rows:literal) => {
+                    match (count, full) {
+                        (2, true) => block::<$rows, 2, false>,
+                        (2, false) => block::<$rows, 2, true>,
+                        (_, true) => block::<$rows, 1, false>,
+                        (_, false) => block::<$rows, 1, true>,
+                    }
+                };
+            }
             let mut co = 0;
             while co < cout {
-                let full = last == LANES;
-                // The block for `R` rows: `V` = `count` vectors, masked only if the last is
-                // partial.
-                macro_rules! block_of {
-                    ($rows:literal) => {
-                        match (count, full) {
-                            (2, true) => block::<$rows, 2, false>,
-                            (2, false) => block::<$rows, 2, true>,
-                            (_, true) => block::<$rows, 1, false>,
-                            (_, false) => block::<$rows, 1, true>,
-                        }
-                    };
-                }
                 let (block, rows): (Block, usize) = match cout - co {
                     ROWS.. => (block_of!(6), ROWS),
                     4.. => (block_of!(4), 4),
