@@ -8,8 +8,8 @@
 //! [`substitute`] rewrites a decluttered tract graph, replacing each such node whose geometry
 //! our kernels serve exactly (NCHW or CHW float32, 3×3 window, stride 1 or 2, one pixel of
 //! padding before each axis, no dilation; a shuffle of exactly the ShuffleNet form; a 1×1
-//! convolution as tract's declutter writes it, on CPUs with AVX-512F or AVX2) with an operator of
-//! this module. Every other node, and every node whose geometry differs, stays tract's; tract
+//! convolution as tract's declutter writes it, on CPUs with AVX-512F or AVX2) with an
+//! operator of this module. Every other node, and every node whose geometry differs, stays tract's; tract
 //! then optimizes the rewritten graph as usual.
 //!
 //! The results equal tract's within float rounding (the sums run in another order); the
@@ -431,7 +431,7 @@ fn stem_window(
         && conv.kernel_fmt == KernelFormat::OIHW
         && conv.group == 1
         && cin <= conv3x3::MAX_IN_CHANNELS
-        && simd::dense_row_is_vectorized()
+        && simd::blocked_kernels_vectorized()
         && facts.len() == 3
         && facts[1].datum_type == f32::datum_type()
         && facts[1].shape.as_concrete() == Some(&[cout, cin, 3, 3][..])

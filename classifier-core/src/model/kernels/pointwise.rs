@@ -24,18 +24,13 @@
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::simd::has_avx2_fma;
 use crate::model::assist;
 
 /// Whether this CPU runs [`Pointwise1x1`] with a fast path (AVX-512F, or AVX2 with FMA).
 pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f") || avx2::available()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::simd::blocked_kernels_vectorized()
 }
 
 /// The operator that replaces tract's `EinSum` for 1×1 convolutions, with their bias and
@@ -147,7 +142,7 @@ impl Pointwise1x1 {
         // The rewrite never plans an empty product (see `pointwise_match`).
         ensure!(cin > 0 && pixels > 0, "empty 1×1 convolution");
         #[cfg(target_arch = "x86_64")]
-        let (wide, narrow) = (std::is_x86_feature_detected!("avx512f"), avx2::available());
+        let (wide, narrow) = (std::is_x86_feature_detected!("avx512f"), has_avx2_fma());
         let planes = image
             .chunks_exact(cin * pixels)
             .zip(out.chunks_exact_mut(cout * pixels));
@@ -358,11 +353,6 @@ mod avx2 {
     /// A block of the product (see [`block`]).
     type Block = unsafe fn(&mut Product<'_>, usize, usize, __m256i);
 
-    /// Whether the CPU has AVX2 and FMA.
-    pub(super) fn available() -> bool {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-
     /// Runs `p` with AVX2 and FMA.
     ///
     /// # Safety
@@ -567,7 +557,7 @@ mod tests {
             };
             let mut paths = vec![("plain", by_path(&|p| p.run_plain()))];
             #[cfg(target_arch = "x86_64")]
-            if avx2::available() {
+            if has_avx2_fma() {
                 // SAFETY: the CPU has AVX2 and FMA.
                 paths.push(("avx2", by_path(&|p| unsafe { avx2::run(p) })));
             }

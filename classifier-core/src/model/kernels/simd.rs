@@ -120,7 +120,7 @@ pub(crate) fn dense_row(
     if std::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F.
         done = unsafe { dense_row_avx512(taps, weights, bias, relu, out, offset, plane) };
-    } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    } else if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA.
         done = unsafe { avx2::dense_row(taps, weights, bias, relu, out, offset, plane) };
     }
@@ -179,14 +179,20 @@ fn dense_row_avx512(
     x
 }
 
-/// Whether [`dense_row`] runs vectorized on this CPU (AVX-512F, or AVX2 with FMA). Without
-/// either it is a scalar loop, several times slower than tract's own convolution, so the
-/// kernel substitution leaves such convolutions to tract.
-pub(crate) fn dense_row_is_vectorized() -> bool {
+/// Whether the CPU has AVX2 and FMA: the narrower path of the register-blocked kernels
+/// ([`dense_row`], `Pointwise1x1`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// Whether the register-blocked kernels ([`dense_row`], `Pointwise1x1`) run vectorized on this
+/// CPU (AVX-512F, or AVX2 with FMA). Without either they are scalar loops, several times
+/// slower than tract's own operators, so the kernel substitution leaves those nodes to tract.
+pub(crate) fn blocked_kernels_vectorized() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx512f")
-            || (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
+        std::is_x86_feature_detected!("avx512f") || has_avx2_fma()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -389,7 +395,7 @@ mod tests {
             // The AVX2 path, also on CPUs whose dispatch picks AVX-512: the positions both
             // vector paths cover must be the same bits (same order of fused multiply-adds).
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if has_avx2_fma() {
                 let mut avx2 = vec![f32::NAN; channels * plane];
                 // SAFETY: the CPU has AVX2 and FMA.
                 let done = unsafe {
