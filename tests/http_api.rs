@@ -5,7 +5,7 @@ mod http_support;
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use http_support::*;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -444,6 +444,59 @@ async fn not_found_ids_request_ids_and_documents() {
     .await;
     assert_eq!(status, 405);
     assert_error(&body, "METHOD_NOT_ALLOWED", "/api/v1/status/x");
+    server.stop().await;
+}
+
+/// `WS_MAX_MESSAGE_SIZE` over a real socket: a client message of exactly the limit is
+/// ignored (the socket stays open), one byte more closes it with 1009 (message too big). An
+/// API-only server keeps the job pending, so only the limit can close the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_message_over_the_limit_closes_the_socket_with_1009() {
+    const LIMIT: usize = 100;
+    let server = start(Options {
+        workers: 0,
+        http: classifier_http::HttpConfig {
+            ws_max_message_size: LIMIT,
+            ..Options::default().http
+        },
+        ..Options::default()
+    })
+    .await;
+    let client = client();
+    let ticket = submit(&server, &client, "chelsea.png").await;
+    let id = ticket["job_id"].as_str().unwrap().to_string();
+    let url = format!("ws://{}/api/v1/status/{id}/ws", server.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("ws connect");
+    let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("first status in time");
+    let doc: serde_json::Value =
+        serde_json::from_str(first.unwrap().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(doc["status"], "pending");
+
+    ws.send(Message::text("x".repeat(LIMIT))).await.unwrap();
+    // Still open: a ping is answered (the server reads on past the message).
+    ws.send(Message::Ping(b"still there?".to_vec().into()))
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("pong in time")
+    {
+        Some(Ok(Message::Pong(p))) => assert_eq!(&p[..], b"still there?"),
+        other => panic!("expected the pong, got {other:?}"),
+    }
+
+    ws.send(Message::text("x".repeat(LIMIT + 1))).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("close in time")
+    {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Size),
+        other => panic!("expected a 1009 close frame, got {other:?}"),
+    }
     server.stop().await;
 }
 

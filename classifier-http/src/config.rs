@@ -209,6 +209,15 @@ pub struct Config {
         default_value_t = 1024
     )]
     pub max_connections: usize,
+    /// Largest message a status WebSocket client may send, in bytes (exactly this size is
+    /// accepted). Clients only need close and ping frames; a larger message closes the socket
+    /// with 1009. It also bounds what one socket can make the server buffer.
+    #[arg(
+        long = "ws-max-message-size",
+        env = "WS_MAX_MESSAGE_SIZE",
+        default_value_t = 65_536
+    )]
+    pub ws_max_message_size: usize,
     /// Most files in one batch request.
     #[arg(
         long = "max-batch-files",
@@ -250,9 +259,14 @@ impl Config {
                     ))
                 })
         };
-        if self.max_connections == 0 || self.max_batch_files == 0 || self.max_file_size == 0 {
+        if self.max_connections == 0
+            || self.max_batch_files == 0
+            || self.max_file_size == 0
+            || self.ws_max_message_size == 0
+        {
             return Err(Error::Config(
-                "MAX_CONNECTIONS, MAX_BATCH_FILES and MAX_FILE_SIZE must be positive".into(),
+                "MAX_CONNECTIONS, MAX_BATCH_FILES, MAX_FILE_SIZE and WS_MAX_MESSAGE_SIZE must be positive"
+                    .into(),
             ));
         }
         if self.rate_limit_per_minute > 0 && self.rate_limit_burst == 0 {
@@ -271,6 +285,7 @@ impl Config {
             header_read_timeout: secs("HEADER_READ_TIMEOUT", self.header_read_timeout_secs)?,
             body_read_timeout: secs("BODY_READ_TIMEOUT", self.body_read_timeout_secs)?,
             max_connections: self.max_connections,
+            ws_max_message_size: self.ws_max_message_size,
             shutdown_timeout: secs("SHUTDOWN_TIMEOUT", self.shutdown_timeout_secs)?,
             webhook,
         })
@@ -339,6 +354,8 @@ pub struct HttpConfig {
     pub body_read_timeout: Duration,
     /// Concurrent connection cap.
     pub max_connections: usize,
+    /// Largest message a status WebSocket client may send (bytes, inclusive).
+    pub ws_max_message_size: usize,
     /// Grace period for in-flight requests at shutdown.
     pub shutdown_timeout: Duration,
     /// Webhook delivery and the SSRF guard of `callback_url`.
@@ -359,6 +376,7 @@ impl Default for HttpConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            ws_max_message_size: 65_536,
             shutdown_timeout: Duration::from_secs(30),
             webhook: crate::webhook::WebhookConfig::default(),
         }
@@ -389,6 +407,16 @@ mod tests {
         assert_eq!(h.rate_limit.per_minute, 0);
         assert_eq!(h.header_read_timeout, Duration::from_millis(1500));
         assert_eq!(h.max_file_size, 10_485_760);
+    }
+
+    #[test]
+    fn ws_max_message_size_defaults_to_64_kib_and_must_be_positive() {
+        let c = Config::try_parse_from(["server"]).unwrap();
+        assert_eq!(c.http().unwrap().ws_max_message_size, 65_536);
+        let c = Config::try_parse_from(["server", "--ws-max-message-size", "1"]).unwrap();
+        assert_eq!(c.http().unwrap().ws_max_message_size, 1);
+        let c = Config::try_parse_from(["server", "--ws-max-message-size", "0"]).unwrap();
+        assert!(c.http().is_err());
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub fn document() -> Value {
             "/api/v1/status/{id}": {"get": {"summary": "Job status", "tags": ["jobs"],
                 "parameters": [id_param(), {"name": "include_metadata", "in": "query", "schema": {"type": "boolean"}}],
                 "responses": merge(json!({"200": ok("Status document", status_schema.clone())}), job_errors())}},
-            "/api/v1/status/{id}/ws": {"get": {"summary": "WebSocket: one status document (same JSON as GET /status) per change, pushed; closed with 1000 after a terminal state", "tags": ["jobs"],
+            "/api/v1/status/{id}/ws": {"get": {"summary": "WebSocket: one status document (same JSON as GET /status) per change, pushed; closed with 1000 after a terminal state, 1001 at server shutdown, 1009 if the client sends a message over WS_MAX_MESSAGE_SIZE", "tags": ["jobs"],
                 "parameters": [id_param(), {"name": "include_metadata", "in": "query", "schema": {"type": "boolean"}}],
                 "responses": merge(json!({"101": {"description": "Switching Protocols (WebSocket)"},
                     "400": error_ref("BAD_REQUEST: not a WebSocket handshake")}), job_errors())}},

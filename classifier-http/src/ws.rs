@@ -6,6 +6,11 @@
 //! JSON as `GET /status` (records that arrive together leave in one write), then sends a
 //! normal close (1000) after a terminal state. At server shutdown open sockets are closed
 //! with 1001 (going away).
+//!
+//! Clients have nothing to say on this socket but close and ping, so each socket reads
+//! through a 4 KiB buffer (tungstenite's default allocates and zeroes 128 KiB per socket,
+//! and these sockets live one job each), and a client message or frame over
+//! `WS_MAX_MESSAGE_SIZE` closes it with 1009 (message too big) instead of being buffered.
 
 use classifier_core::backend::StatusStream;
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -14,8 +19,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
@@ -63,6 +68,7 @@ pub async fn upgrade(ctx: &Ctx, mut req: Request<Incoming>) -> Result<Response<B
     let include = query_flag(req.uri().query(), "include_metadata");
     let updates = ctx.state.service.subscribe(id).await?;
 
+    let socket = socket_config(ctx.state.config.ws_max_message_size);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let guard = ctx.state.ws_tasks.clone();
     let mut shutting_down = ctx.state.shutting_down.clone();
@@ -74,7 +80,7 @@ pub async fn upgrade(ctx: &Ctx, mut req: Request<Incoming>) -> Result<Response<B
                     let ws = WebSocketStream::from_raw_socket(
                         TokioIo::new(upgraded),
                         Role::Server,
-                        None,
+                        Some(socket),
                     )
                     .await;
                     pump(ws, updates, include, &mut shutting_down).await;
@@ -93,6 +99,15 @@ pub async fn upgrade(ctx: &Ctx, mut req: Request<Incoming>) -> Result<Response<B
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     Ok(response)
+}
+
+/// The server side of a status socket: a small read buffer, and client messages and frames
+/// of at most `max_message` bytes.
+fn socket_config(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
 }
 
 fn close(code: CloseCode, reason: &'static str) -> Message {
@@ -169,6 +184,7 @@ async fn pump<S>(
                 None => break close(CloseCode::Error, "status feed ended"),
             },
             msg = incoming.next() => match msg {
+                Some(Err(WsError::Capacity(_))) => break close(CloseCode::Size, "message too big"),
                 // The client closed or vanished: nothing more to send.
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
                     let _ = sink.close().await;
@@ -334,5 +350,69 @@ mod tests {
         assert_eq!(close.map(|f| f.code), Some(CloseCode::Normal));
         // Six records and the close frame were ready at once: one write, not seven.
         assert_eq!(writes.load(Ordering::SeqCst), 1);
+    }
+
+    /// The next text message the client gets, as `status/stage`.
+    async fn next_status(client: &mut WebSocketStream<DuplexStream>) -> String {
+        match client.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let doc: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+                format!(
+                    "{}/{}",
+                    doc["status"].as_str().unwrap_or("?"),
+                    doc["stage"].as_str().unwrap_or("?")
+                )
+            }
+            other => panic!("expected a status message, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_message_of_the_limit_is_ignored_and_one_byte_more_closes_with_1009() {
+        const LIMIT: usize = 1000;
+        let records = lifecycle();
+        let (feed_tx, feed_rx) = tokio::sync::mpsc::unbounded_channel();
+        let feed: StatusStream =
+            Box::pin(futures_util::stream::unfold(feed_rx, |mut rx| async move {
+                rx.recv().await.map(|record| (record, rx))
+            }));
+        let (server_io, client_io) = tokio::io::duplex(1 << 20);
+        let (_stop, mut shutting_down) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(async move {
+            let config = Some(socket_config(LIMIT));
+            let ws = WebSocketStream::from_raw_socket(server_io, Role::Server, config).await;
+            pump(ws, feed, false, &mut shutting_down).await;
+        });
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+
+        feed_tx.send(records[0].clone()).expect("feed");
+        let label = |r: &JobRecord| format!("{}/{}", r.status.as_str(), r.stage.as_str());
+        assert_eq!(next_status(&mut client).await, label(&records[0]));
+        // Exactly the limit: read and ignored; the socket stays open and keeps pushing.
+        client
+            .send(Message::text("x".repeat(LIMIT)))
+            .await
+            .expect("send");
+        feed_tx.send(records[1].clone()).expect("feed");
+        assert_eq!(next_status(&mut client).await, label(&records[1]));
+        // One byte more: the server closes with 1009 instead of buffering it.
+        client
+            .send(Message::text("x".repeat(LIMIT + 1)))
+            .await
+            .expect("send");
+        let close = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match client.next().await {
+                    Some(Ok(Message::Close(frame))) => break frame,
+                    Some(Ok(Message::Text(_))) => {}
+                    other => panic!("expected the close frame, got {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("the server closes the socket");
+        assert_eq!(close.map(|f| f.code), Some(CloseCode::Size));
+        while client.next().await.is_some() {}
+        server.await.expect("pump task");
     }
 }
