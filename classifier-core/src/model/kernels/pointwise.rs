@@ -209,8 +209,177 @@ impl Product<'_> {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod vector {
+    //! The register block both vector paths share, written once over [`Vector`]: the
+    //! handful of operations it needs on an AVX-512 or an AVX2 register.
+    use super::Product;
+    use std::arch::x86_64::*;
+
+    /// A register of `LANES` floats, with the lane mask of a plane's partial last vector.
+    ///
+    /// # Safety
+    /// Every method needs its implementation's CPU features (AVX-512F; AVX2 and FMA). They
+    /// are `#[inline(always)]` so that they compile inside the caller's
+    /// `#[target_feature]` function, which is where those features are known.
+    pub(super) trait Vector: Copy {
+        /// Which lanes of a partial vector hold pixels.
+        type Mask: Copy;
+        /// Floats per register.
+        const LANES: usize;
+        /// Every lane `x`.
+        unsafe fn splat(x: f32) -> Self;
+        /// `LANES` floats from `p`.
+        unsafe fn load(p: *const f32) -> Self;
+        /// The lanes of `mask` from `p`, zero elsewhere; the others are not accessed.
+        unsafe fn load_masked(p: *const f32, mask: Self::Mask) -> Self;
+        /// `acc + w * x`, fused.
+        unsafe fn mul_add(w: Self, x: Self, acc: Self) -> Self;
+        /// `max(self, 0)` per lane.
+        unsafe fn relu(self) -> Self;
+        /// Every lane to `p`.
+        unsafe fn store(self, p: *mut f32);
+        /// The lanes of `mask` to `p`; the others are not accessed.
+        unsafe fn store_masked(self, p: *mut f32, mask: Self::Mask);
+    }
+
+    impl Vector for __m512 {
+        type Mask = __mmask16;
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            // SAFETY (every method): the caller runs with AVX-512F; the pointers are the
+            // caller's (see the trait).
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn load_masked(p: *const f32, mask: __mmask16) -> Self {
+            unsafe { _mm512_maskz_loadu_ps(mask, p) }
+        }
+        #[inline(always)]
+        unsafe fn mul_add(w: Self, x: Self, acc: Self) -> Self {
+            unsafe { _mm512_fmadd_ps(w, x, acc) }
+        }
+        #[inline(always)]
+        unsafe fn relu(self) -> Self {
+            unsafe { _mm512_max_ps(self, _mm512_setzero_ps()) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm512_storeu_ps(p, self) }
+        }
+        #[inline(always)]
+        unsafe fn store_masked(self, p: *mut f32, mask: __mmask16) {
+            unsafe { _mm512_mask_storeu_ps(p, mask, self) }
+        }
+    }
+
+    impl Vector for __m256 {
+        /// All ones in the lanes to access (`vmaskmovps`).
+        type Mask = __m256i;
+        const LANES: usize = 8;
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            // SAFETY (every method): the caller runs with AVX2 and FMA; the pointers are the
+            // caller's (see the trait).
+            unsafe { _mm256_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn load_masked(p: *const f32, mask: __m256i) -> Self {
+            unsafe { _mm256_maskload_ps(p, mask) }
+        }
+        #[inline(always)]
+        unsafe fn mul_add(w: Self, x: Self, acc: Self) -> Self {
+            unsafe { _mm256_fmadd_ps(w, x, acc) }
+        }
+        #[inline(always)]
+        unsafe fn relu(self) -> Self {
+            unsafe { _mm256_max_ps(self, _mm256_setzero_ps()) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm256_storeu_ps(p, self) }
+        }
+        #[inline(always)]
+        unsafe fn store_masked(self, p: *mut f32, mask: __m256i) {
+            unsafe { _mm256_maskstore_ps(p, mask, self) }
+        }
+    }
+
+    /// Output channels `co..co + R`, pixels `first..` in `V` vectors of `X`, the last of which
+    /// holds only the lanes of `mask` if `MASKED` (else it is full): the sums stay in `R * V`
+    /// registers over all input channels.
+    ///
+    /// # Safety
+    /// The CPU must have `X`'s features, and the caller must be compiled with them;
+    /// `co + R <= cout`; pixels `first..first + LANES * (V - 1)` and the lanes of the vector
+    /// after them that the block accesses lie inside the plane.
+    #[inline(always)]
+    pub(super) unsafe fn block<X: Vector, const R: usize, const V: usize, const MASKED: bool>(
+        p: &mut Product<'_>,
+        co: usize,
+        first: usize,
+        mask: X::Mask,
+    ) {
+        let (pixels, cin) = (p.pixels, p.cin);
+        // SAFETY (the whole body): the CPU features are the caller's; every unmasked lane
+        // read is inside the image plane `ci`, the weights `(co + r) * cin + ci` are inside
+        // `weights`, and every lane written is inside output plane `co + r`, by the contract;
+        // masked-off lanes are not accessed.
+        unsafe {
+            let mut acc = [[X::splat(0.0); V]; R];
+            for (r, row) in acc.iter_mut().enumerate() {
+                *row = [X::splat(p.bias[co + r]); V];
+            }
+            let image = p.image.as_ptr();
+            let weights = p.weights.as_ptr();
+            for ci in 0..cin {
+                let x = image.add(ci * pixels + first);
+                let mut values = [X::splat(0.0); V];
+                for (k, value) in values.iter_mut().enumerate() {
+                    *value = if MASKED && k + 1 == V {
+                        X::load_masked(x.add(k * X::LANES), mask)
+                    } else {
+                        X::load(x.add(k * X::LANES))
+                    };
+                }
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let w = X::splat(*weights.add((co + r) * cin + ci));
+                    for (sum, &value) in row.iter_mut().zip(&values) {
+                        *sum = X::mul_add(w, value, *sum);
+                    }
+                }
+            }
+            let out = p.out.as_mut_ptr();
+            for (r, row) in acc.iter().enumerate() {
+                for (k, &sum) in row.iter().enumerate() {
+                    let sum = if p.relu { sum.relu() } else { sum };
+                    let o = out.add((co + r) * pixels + first + k * X::LANES);
+                    if MASKED && k + 1 == V {
+                        sum.store_masked(o, mask);
+                    } else {
+                        sum.store(o);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
 mod avx512 {
-    //! The register-blocked AVX-512 path of [`Product`].
+    //! The register-blocked AVX-512 path of [`Product`]: blocks of 8 output channels × 48
+    //! pixels (24 sums of the 32 registers). The last vector of every block is read and
+    //! written under a lane mask (all lanes but at a plane's end), which AVX-512 does at the
+    //! cost of a plain access.
+    use super::vector::block;
     use super::Product;
     use std::arch::x86_64::*;
 
@@ -244,23 +413,24 @@ mod avx512 {
             let mut co = 0;
             while co < cout {
                 let rows = cout - co;
-                // SAFETY (all calls): the block's rows are `co..co + R` with `co + R <= cout`,
-                // and its pixels `first..first + 16 * (V - 1) + last` lie in the plane, by the
-                // loop bounds; the lengths were checked above.
+                // SAFETY (all calls): this function has AVX-512F; the block's rows are
+                // `co..co + R` with `co + R <= cout`, and its pixels
+                // `first..first + 16 * (V - 1) + last` lie in the plane, by the loop bounds;
+                // the lengths were checked above.
                 unsafe {
                     match (rows, count) {
-                        (8.., 3) => block::<ROWS, 3>(&mut p, co, first, mask),
-                        (8.., 2) => block::<ROWS, 2>(&mut p, co, first, mask),
-                        (8.., _) => block::<ROWS, 1>(&mut p, co, first, mask),
-                        (4.., 3) => block::<4, 3>(&mut p, co, first, mask),
-                        (4.., 2) => block::<4, 2>(&mut p, co, first, mask),
-                        (4.., _) => block::<4, 1>(&mut p, co, first, mask),
-                        (2.., 3) => block::<2, 3>(&mut p, co, first, mask),
-                        (2.., 2) => block::<2, 2>(&mut p, co, first, mask),
-                        (2.., _) => block::<2, 1>(&mut p, co, first, mask),
-                        (_, 3) => block::<1, 3>(&mut p, co, first, mask),
-                        (_, 2) => block::<1, 2>(&mut p, co, first, mask),
-                        (_, _) => block::<1, 1>(&mut p, co, first, mask),
+                        (8.., 3) => block::<__m512, ROWS, 3, true>(&mut p, co, first, mask),
+                        (8.., 2) => block::<__m512, ROWS, 2, true>(&mut p, co, first, mask),
+                        (8.., _) => block::<__m512, ROWS, 1, true>(&mut p, co, first, mask),
+                        (4.., 3) => block::<__m512, 4, 3, true>(&mut p, co, first, mask),
+                        (4.., 2) => block::<__m512, 4, 2, true>(&mut p, co, first, mask),
+                        (4.., _) => block::<__m512, 4, 1, true>(&mut p, co, first, mask),
+                        (2.., 3) => block::<__m512, 2, 3, true>(&mut p, co, first, mask),
+                        (2.., 2) => block::<__m512, 2, 2, true>(&mut p, co, first, mask),
+                        (2.., _) => block::<__m512, 2, 1, true>(&mut p, co, first, mask),
+                        (_, 3) => block::<__m512, 1, 3, true>(&mut p, co, first, mask),
+                        (_, 2) => block::<__m512, 1, 2, true>(&mut p, co, first, mask),
+                        (_, _) => block::<__m512, 1, 1, true>(&mut p, co, first, mask),
                     }
                 }
                 co += match rows {
@@ -273,76 +443,14 @@ mod avx512 {
             v += count;
         }
     }
-
-    /// Output channels `co..co + R`, pixels `first..` in `V` vectors, the last of which holds
-    /// the lanes set in `mask`: the sums stay in `R * V` registers over all input channels.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512F; `co + R <= cout`; pixels `first..first + 16 * (V - 1)` and
-    /// the masked lanes of the vector after them lie inside the plane.
-    #[inline(always)]
-    unsafe fn block<const R: usize, const V: usize>(
-        p: &mut Product<'_>,
-        co: usize,
-        first: usize,
-        mask: __mmask16,
-    ) {
-        let (pixels, cin) = (p.pixels, p.cin);
-        let mut acc = [[_mm512_setzero_ps(); V]; R];
-        for (r, row) in acc.iter_mut().enumerate() {
-            *row = [_mm512_set1_ps(p.bias[co + r]); V];
-        }
-        let image = p.image.as_ptr();
-        let weights = p.weights.as_ptr();
-        for ci in 0..cin {
-            // SAFETY: by the contract, every unmasked lane read is inside the image plane
-            // `ci`, and the weights `(co + r) * cin + ci` are inside `weights`; masked-off
-            // lanes are not accessed (AVX-512 suppresses their faults).
-            unsafe {
-                let x = image.add(ci * pixels + first);
-                let mut values = [_mm512_setzero_ps(); V];
-                for (k, value) in values.iter_mut().enumerate() {
-                    *value = if k + 1 == V {
-                        _mm512_maskz_loadu_ps(mask, x.add(k * LANES))
-                    } else {
-                        _mm512_loadu_ps(x.add(k * LANES))
-                    };
-                }
-                for (r, row) in acc.iter_mut().enumerate() {
-                    let w = _mm512_set1_ps(*weights.add((co + r) * cin + ci));
-                    for (sum, &value) in row.iter_mut().zip(&values) {
-                        *sum = _mm512_fmadd_ps(w, value, *sum);
-                    }
-                }
-            }
-        }
-        let out = p.out.as_mut_ptr();
-        for (r, row) in acc.iter().enumerate() {
-            for (k, &sum) in row.iter().enumerate() {
-                let sum = if p.relu {
-                    _mm512_max_ps(sum, _mm512_setzero_ps())
-                } else {
-                    sum
-                };
-                // SAFETY: as for the loads, in output plane `co + r`, which is inside `out`.
-                unsafe {
-                    let o = out.add((co + r) * pixels + first + k * LANES);
-                    if k + 1 == V {
-                        _mm512_mask_storeu_ps(o, mask, sum);
-                    } else {
-                        _mm512_storeu_ps(o, sum);
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     //! The register-blocked AVX2 + FMA path of [`Product`]: as the AVX-512 one, with 8-float
     //! registers and blocks of 6 output channels × 16 pixels (12 sums; AVX2 has 16 registers).
-    //! The last vector of a plane is read and written under a lane mask.
+    //! Only a plane's partial last vector is read and written under a lane mask
+    //! (`vmaskmovps` is slower than a plain access).
     use super::Product;
     use std::arch::x86_64::*;
 
@@ -408,69 +516,20 @@ mod avx2 {
         }
     }
 
-    /// Output channels `co..co + R`, pixels `first..` in `V` vectors, the last of which holds
-    /// the lanes whose `mask` element is all ones if `MASKED` (else all 8): the sums stay in
-    /// `R * V` registers over all input channels.
+    /// [`super::vector::block`] on AVX2 registers, compiled with AVX2 and FMA (a function of
+    /// its own, so that [`run`] can pick it through a function pointer).
     ///
     /// # Safety
-    /// The CPU must have AVX2 and FMA; `co + R <= cout`; pixels `first..first + 8 * (V - 1)`
-    /// and the masked lanes of the vector after them lie inside the plane.
+    /// As [`super::vector::block`], on a CPU with AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    #[inline]
     unsafe fn block<const R: usize, const V: usize, const MASKED: bool>(
         p: &mut Product<'_>,
         co: usize,
         first: usize,
         mask: __m256i,
     ) {
-        let (pixels, cin) = (p.pixels, p.cin);
-        let mut acc = [[_mm256_setzero_ps(); V]; R];
-        for (r, row) in acc.iter_mut().enumerate() {
-            *row = [_mm256_set1_ps(p.bias[co + r]); V];
-        }
-        let image = p.image.as_ptr();
-        let weights = p.weights.as_ptr();
-        for ci in 0..cin {
-            // SAFETY: by the contract, every unmasked lane read is inside the image plane
-            // `ci`, and the weights `(co + r) * cin + ci` are inside `weights`; masked-off
-            // lanes are not accessed (`vmaskmovps` suppresses their faults).
-            unsafe {
-                let x = image.add(ci * pixels + first);
-                let mut values = [_mm256_setzero_ps(); V];
-                for (k, value) in values.iter_mut().enumerate() {
-                    *value = if MASKED && k + 1 == V {
-                        _mm256_maskload_ps(x.add(k * LANES), mask)
-                    } else {
-                        _mm256_loadu_ps(x.add(k * LANES))
-                    };
-                }
-                for (r, row) in acc.iter_mut().enumerate() {
-                    let w = _mm256_set1_ps(*weights.add((co + r) * cin + ci));
-                    for (sum, &value) in row.iter_mut().zip(&values) {
-                        *sum = _mm256_fmadd_ps(w, value, *sum);
-                    }
-                }
-            }
-        }
-        let out = p.out.as_mut_ptr();
-        for (r, row) in acc.iter().enumerate() {
-            for (k, &sum) in row.iter().enumerate() {
-                let sum = if p.relu {
-                    _mm256_max_ps(sum, _mm256_setzero_ps())
-                } else {
-                    sum
-                };
-                // SAFETY: as for the loads, in output plane `co + r`, which is inside `out`.
-                unsafe {
-                    let o = out.add((co + r) * pixels + first + k * LANES);
-                    if MASKED && k + 1 == V {
-                        _mm256_maskstore_ps(o, mask, sum);
-                    } else {
-                        _mm256_storeu_ps(o, sum);
-                    }
-                }
-            }
-        }
+        // SAFETY: this function has AVX2 and FMA; the rest is the caller's contract.
+        unsafe { super::vector::block::<__m256, R, V, MASKED>(p, co, first, mask) }
     }
 }
 
