@@ -447,6 +447,30 @@ async fn not_found_ids_request_ids_and_documents() {
     server.stop().await;
 }
 
+/// Submit a photo to an API-only server (the job stays pending), open its status socket and
+/// read the first message, which must say `pending`. Returns the job id and the socket.
+async fn watch_a_pending_job(
+    server: &TestServer,
+) -> (
+    String,
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) {
+    let ticket = submit(server, &client(), "chelsea.png").await;
+    let id = ticket["job_id"].as_str().unwrap().to_string();
+    let url = format!("ws://{}/api/v1/status/{id}/ws", server.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("ws connect");
+    let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("first status in time")
+        .expect("a message")
+        .expect("not an error");
+    let doc: serde_json::Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(doc["status"], "pending");
+    (id, ws)
+}
+
 /// `WS_MAX_MESSAGE_SIZE` over a real socket: a client message of exactly the limit is
 /// ignored (the socket stays open), one byte more closes it with 1009 (message too big). An
 /// API-only server keeps the job pending, so only the limit can close the socket.
@@ -462,19 +486,7 @@ async fn a_websocket_client_message_over_the_limit_closes_the_socket_with_1009()
         ..Options::default()
     })
     .await;
-    let client = client();
-    let ticket = submit(&server, &client, "chelsea.png").await;
-    let id = ticket["job_id"].as_str().unwrap().to_string();
-    let url = format!("ws://{}/api/v1/status/{id}/ws", server.addr);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .expect("ws connect");
-    let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .expect("first status in time");
-    let doc: serde_json::Value =
-        serde_json::from_str(first.unwrap().unwrap().to_text().unwrap()).unwrap();
-    assert_eq!(doc["status"], "pending");
+    let (_, mut ws) = watch_a_pending_job(&server).await;
 
     ws.send(Message::text("x".repeat(LIMIT))).await.unwrap();
     // Still open: a ping is answered (the server reads on past the message).
@@ -510,20 +522,7 @@ async fn shutdown_closes_open_websockets_with_going_away_and_loses_no_job() {
         ..Options::default()
     })
     .await;
-    let client = client();
-    let ticket = submit(&server, &client, "chelsea.png").await;
-    let id = ticket["job_id"].as_str().unwrap().to_string();
-    let url = format!("ws://{}/api/v1/status/{id}/ws", server.addr);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .expect("ws connect");
-    let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .expect("first status in time")
-        .expect("a message")
-        .expect("not an error");
-    let doc: serde_json::Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
-    assert_eq!(doc["status"], "pending");
+    let (id, mut ws) = watch_a_pending_job(&server).await;
 
     let service = server.service.clone();
     let stopping = tokio::spawn(server.stop());
