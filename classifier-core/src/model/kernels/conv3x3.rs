@@ -6,7 +6,7 @@
 //! padding and separate ReLU it took 1.2 ms, about 8 GFLOP/s. Here the few input planes are
 //! each copied once into a bordered buffer ([`PaddedPlane`]); then, for each output row, 16
 //! positions at a time, the 27 input values of those positions are loaded once and every
-//! output channel's sum is accumulated in one register ([`simd::dense_row`]).
+//! output channel's sum is accumulated in one register ([`simd::DenseRow`]).
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -134,15 +134,14 @@ impl StemConv3x3 {
                     for (t, tap) in taps[..count].iter_mut().enumerate() {
                         *tap = &planes[t / 9].tap(t % 9)[y * pitch..y * pitch + ow];
                     }
-                    simd::dense_row(
-                        &taps[..count],
-                        kernel,
+                    let row = simd::DenseRow {
+                        taps: &taps[..count],
+                        weights: kernel,
                         bias,
-                        self.relu,
-                        out,
-                        y * ow,
-                        oh * ow,
-                    );
+                        relu: self.relu,
+                        plane: oh * ow,
+                    };
+                    row.run(out, y * ow);
                 }
             });
         }

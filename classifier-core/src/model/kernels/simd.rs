@@ -87,13 +87,13 @@ vectorized! {
 /// Lanes of the register-blocked dense kernel: one AVX-512 register of positions.
 const LANES: usize = 16;
 
-/// The most taps (input channels × 9) [`dense_row`] takes.
+/// The most taps (input channels × 9) [`DenseRow`] takes.
 pub(crate) const MAX_TAPS: usize = 36;
 
 /// One output row of a dense convolution with few taps, for every output channel:
-/// `out[co * plane + offset + x] = bias[co] + sum_t weights[co * T + t] * taps[t][x]` (then
-/// clamped at 0 if `relu`), for `x` in `0..taps[0].len()`, with `T = taps.len()` at most
-/// [`MAX_TAPS`] and every tap as long as the first.
+/// [`DenseRow::run`] writes `out[co * plane + offset + x] = bias[co] + sum_t weights[co * T +
+/// t] * taps[t][x]` (then clamped at 0 if `relu`), for `x` in `0..taps[0].len()`, with
+/// `T = taps.len()` at most [`MAX_TAPS`] and every tap as long as the first.
 ///
 /// With AVX-512, positions go 16 at a time: their values for every tap are loaded into
 /// registers once, then each output channel's sum stays in one register (written with
@@ -102,53 +102,62 @@ pub(crate) const MAX_TAPS: usize = 36;
 /// output channels 6 at a time: their 12 sums stay in registers while the taps stream past.
 /// Both add the taps in the same order with fused multiply-adds, so they give the same bits.
 /// Positions left over (fewer than a vector) are done one by one.
-pub(crate) fn dense_row(
-    taps: &[&[f32]],
-    weights: &[f32],
-    bias: &[f32],
-    relu: bool,
-    out: &mut [f32],
-    offset: usize,
-    plane: usize,
-) {
-    let n = taps.first().map_or(0, |t| t.len());
-    let count = taps.len();
-    assert!(count <= MAX_TAPS && taps.iter().all(|t| t.len() == n));
-    assert!(weights.len() >= count * bias.len());
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F.
-        done = unsafe { dense_row_avx512(taps, weights, bias, relu, out, offset, plane) };
-    } else if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA.
-        done = unsafe { avx2::dense_row(taps, weights, bias, relu, out, offset, plane) };
-    }
-    for x in done..n {
-        for (co, &b) in bias.iter().enumerate() {
-            let w = &weights[co * count..(co + 1) * count];
-            let sum = taps
-                .iter()
-                .zip(w)
-                .fold(b, |acc, (tap, &wt)| acc + wt * tap[x]);
-            out[co * plane + offset + x] = if relu && sum < 0.0 { 0.0 } else { sum };
+pub(crate) struct DenseRow<'a> {
+    /// The row's value of every tap (input channel × kernel position), at most [`MAX_TAPS`],
+    /// each as long as the first.
+    pub taps: &'a [&'a [f32]],
+    /// `weights[co * taps.len() + t]`, output-channel-major.
+    pub weights: &'a [f32],
+    /// One per output channel.
+    pub bias: &'a [f32],
+    /// Clamp the sums at 0.
+    pub relu: bool,
+    /// Values per output channel plane of `out`.
+    pub plane: usize,
+}
+
+impl DenseRow<'_> {
+    /// Write the row at `offset..` of every output channel's plane of `out` (see [`DenseRow`]).
+    pub(crate) fn run(&self, out: &mut [f32], offset: usize) {
+        let n = self.taps.first().map_or(0, |t| t.len());
+        let count = self.taps.len();
+        assert!(count <= MAX_TAPS && self.taps.iter().all(|t| t.len() == n));
+        assert!(self.weights.len() >= count * self.bias.len());
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            done = unsafe { dense_row_avx512(self, out, offset) };
+        } else if has_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            done = unsafe { avx2::dense_row(self, out, offset) };
+        }
+        for x in done..n {
+            for (co, &b) in self.bias.iter().enumerate() {
+                let w = &self.weights[co * count..(co + 1) * count];
+                let sum = self
+                    .taps
+                    .iter()
+                    .zip(w)
+                    .fold(b, |acc, (tap, &wt)| acc + wt * tap[x]);
+                out[co * self.plane + offset + x] = if self.relu && sum < 0.0 { 0.0 } else { sum };
+            }
         }
     }
 }
 
-/// [`dense_row`] for the positions in whole groups of 16; returns how many it did.
+/// [`DenseRow::run`] for the positions in whole groups of 16; returns how many it did.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn dense_row_avx512(
-    taps: &[&[f32]],
-    weights: &[f32],
-    bias: &[f32],
-    relu: bool,
-    out: &mut [f32],
-    offset: usize,
-    plane: usize,
-) -> usize {
+fn dense_row_avx512(row: &DenseRow<'_>, out: &mut [f32], offset: usize) -> usize {
     use std::arch::x86_64::*;
+    let DenseRow {
+        taps,
+        weights,
+        bias,
+        relu,
+        plane,
+    } = *row;
     let n = taps.first().map_or(0, |t| t.len());
     let count = taps.len();
     let mut x = 0;
@@ -180,13 +189,13 @@ fn dense_row_avx512(
 }
 
 /// Whether the CPU has AVX2 and FMA: the narrower path of the register-blocked kernels
-/// ([`dense_row`], `Pointwise1x1`).
+/// ([`DenseRow`], `Pointwise1x1`).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx2_fma() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
-/// Whether the register-blocked kernels ([`dense_row`], `Pointwise1x1`) run vectorized on this
+/// Whether the register-blocked kernels ([`DenseRow`], `Pointwise1x1`) run vectorized on this
 /// CPU (AVX-512F, or AVX2 with FMA). Without either they are scalar loops, several times
 /// slower than tract's own operators, so the kernel substitution leaves those nodes to tract.
 pub(crate) fn blocked_kernels_vectorized() -> bool {
@@ -200,35 +209,21 @@ pub(crate) fn blocked_kernels_vectorized() -> bool {
     }
 }
 
-/// [`dense_row`] with AVX2 and FMA: blocks of 16 positions (two vectors) × up to 6 output
+/// [`DenseRow::run`] with AVX2 and FMA: blocks of 16 positions (two vectors) × up to 6 output
 /// channels, whose 12 sums stay in registers while the taps stream past; each tap is loaded
 /// once per block and each weight broadcast once for both vectors.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::DenseRow;
     use std::arch::x86_64::*;
 
     /// Positions per vector.
     const LANES: usize = 8;
 
-    /// [`super::dense_row`] for the positions in whole groups of 8; returns how many it did.
+    /// [`DenseRow::run`] for the positions in whole groups of 8; returns how many it did.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn dense_row(
-        taps: &[&[f32]],
-        weights: &[f32],
-        bias: &[f32],
-        relu: bool,
-        out: &mut [f32],
-        offset: usize,
-        plane: usize,
-    ) -> usize {
-        let n = taps.first().map_or(0, |t| t.len());
-        let row = Row {
-            taps,
-            weights,
-            bias,
-            relu,
-            plane,
-        };
+    pub(super) fn dense_row(row: &DenseRow<'_>, out: &mut [f32], offset: usize) -> usize {
+        let n = row.taps.first().map_or(0, |t| t.len());
         let mut x = 0;
         while x + 2 * LANES <= n {
             row.channels::<2>(out, offset, x);
@@ -241,16 +236,7 @@ mod avx2 {
         x
     }
 
-    /// The arguments of [`dense_row`] that stay the same along a row.
-    struct Row<'a> {
-        taps: &'a [&'a [f32]],
-        weights: &'a [f32],
-        bias: &'a [f32],
-        relu: bool,
-        plane: usize,
-    }
-
-    impl Row<'_> {
+    impl DenseRow<'_> {
         /// Every output channel at positions `x..x + 8 * V`.
         #[target_feature(enable = "avx2,fma")]
         #[inline]
@@ -338,7 +324,7 @@ vectorized! {
 mod tests {
     use super::*;
 
-    /// `dense_row` by its definition, in f64.
+    /// [`DenseRow::run`] by its definition, in f64.
     fn dense_row_by_definition(
         taps: &[&[f32]],
         weights: &[f32],
@@ -381,7 +367,14 @@ mod tests {
             let (offset, plane) = (3, n + 5);
             let expected = dense_row_by_definition(&taps, &weights, &bias, relu);
             let mut dispatched = vec![f32::NAN; channels * plane];
-            dense_row(&taps, &weights, &bias, relu, &mut dispatched, offset, plane);
+            let row = DenseRow {
+                taps: &taps,
+                weights: &weights,
+                bias: &bias,
+                relu,
+                plane,
+            };
+            row.run(&mut dispatched, offset);
             for co in 0..channels {
                 for x in 0..n {
                     let got = dispatched[co * plane + offset + x];
@@ -398,9 +391,7 @@ mod tests {
             if has_avx2_fma() {
                 let mut avx2 = vec![f32::NAN; channels * plane];
                 // SAFETY: the CPU has AVX2 and FMA.
-                let done = unsafe {
-                    avx2::dense_row(&taps, &weights, &bias, relu, &mut avx2, offset, plane)
-                };
+                let done = unsafe { avx2::dense_row(&row, &mut avx2, offset) };
                 assert_eq!(done, n / 8 * 8);
                 let both = if std::is_x86_feature_detected!("avx512f") {
                     n / LANES * LANES
