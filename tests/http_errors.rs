@@ -1,5 +1,6 @@
 //! Every error row of the API table, plus limits: upload sizes (exact limit, +1 byte, a
-//! 50 MB body refused early), slow headers, auth and ownership, rate limits, a full queue.
+//! 50 MB body refused early), slow headers, auth and ownership, rate limits, a full queue,
+//! the connection cap (open WebSockets included).
 
 mod http_support;
 
@@ -601,5 +602,104 @@ async fn rate_limit_429_with_headers_and_a_full_queue_503() {
     assert_eq!(status, 503, "{body}");
     assert_error(&body, "SERVICE_UNAVAILABLE", "/api/v1/classify");
     assert!(headers.contains_key("retry-after"));
+    server.stop().await;
+}
+
+/// `MAX_CONNECTIONS`: with both slots held by idle connections, a third is not served; once
+/// one of them closes, it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_the_next_connection_until_a_slot_frees() {
+    let server = start(Options {
+        workers: 0,
+        http: classifier_http::HttpConfig {
+            max_connections: 2,
+            ..Options::default().http
+        },
+        ..Options::default()
+    })
+    .await;
+    // Accepted in order, each takes a slot while the server waits for its request.
+    let first = TcpStream::connect(server.addr).await.unwrap();
+    let _second = TcpStream::connect(server.addr).await.unwrap();
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    third
+        .write_all(b"GET /api/v1/health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), third.read_exact(&mut head))
+            .await
+            .is_err(),
+        "a third connection was served with both slots taken"
+    );
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(10), third.read_exact(&mut head))
+        .await
+        .expect("served once a slot is free")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    server.stop().await;
+}
+
+/// An open status WebSocket keeps its connection's `MAX_CONNECTIONS` slot after the upgrade
+/// (hyper lets go of an upgraded connection): with 2 slots, two sockets open, a third
+/// connection is not served until one of the sockets closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_websockets_count_against_max_connections() {
+    use futures_util::StreamExt;
+
+    let server = start(Options {
+        workers: 0,
+        http: classifier_http::HttpConfig {
+            max_connections: 2,
+            ..Options::default().http
+        },
+        ..Options::default()
+    })
+    .await;
+    // Submitted through the service, so that no HTTP connection holds a slot.
+    let ticket = server
+        .service
+        .submit(
+            sample("chelsea.png").into(),
+            classifier_core::job::SubmitOptions::default(),
+        )
+        .await
+        .expect("submit");
+    let url = format!("ws://{}/api/v1/status/{}/ws", server.addr, ticket.job_id);
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("two sockets fit in two slots");
+        let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("first status in time");
+        assert!(matches!(first, Some(Ok(_))), "{first:?}");
+        sockets.push(ws);
+    }
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    third
+        .write_all(b"GET /api/v1/health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), third.read_exact(&mut head))
+            .await
+            .is_err(),
+        "a connection was served while two open sockets held both slots"
+    );
+    let mut closing = sockets.remove(0);
+    closing.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(10), closing.next()).await
+    {
+    }
+    tokio::time::timeout(Duration::from_secs(10), third.read_exact(&mut head))
+        .await
+        .expect("served once a socket closed")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
     server.stop().await;
 }

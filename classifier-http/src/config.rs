@@ -202,7 +202,8 @@ pub struct Config {
         default_value_t = 10.0
     )]
     pub body_read_timeout_secs: f64,
-    /// Most concurrent connections; more wait in the listen backlog.
+    /// Most concurrent connections, open status WebSockets included; more wait in the listen
+    /// backlog.
     #[arg(
         long = "max-connections",
         env = "MAX_CONNECTIONS",
@@ -352,7 +353,7 @@ pub struct HttpConfig {
     pub header_read_timeout: Duration,
     /// Longest stall of a request body.
     pub body_read_timeout: Duration,
-    /// Concurrent connection cap.
+    /// Concurrent connection cap (open WebSockets included).
     pub max_connections: usize,
     /// Largest message a status WebSocket client may send (bytes, inclusive).
     pub ws_max_message_size: usize,

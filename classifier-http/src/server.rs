@@ -21,7 +21,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Auth;
 use crate::config::HttpConfig;
@@ -124,8 +124,11 @@ impl Server {
             };
             let _ = tcp.set_nodelay(true);
             let conn_state = state.clone();
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let slot = ConnectionSlot::new(permit);
+            let conn_slot = slot.clone();
+            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let state = conn_state.clone();
+                req.extensions_mut().insert(conn_slot.clone());
                 async move { Ok::<_, Infallible>(crate::app::handle(state, peer, req).await) }
             });
             let conn = builder
@@ -136,7 +139,8 @@ impl Server {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, %peer, "connection ended with an error");
                 }
-                drop(permit);
+                // Frees the slot, unless an upgrade took it along (see `ConnectionSlot`).
+                drop(slot);
             });
         }
         drop(listener);
@@ -159,6 +163,24 @@ impl Server {
         self.service.shutdown().await;
         dispatcher.stop().await;
         Ok(())
+    }
+}
+
+/// A connection's `MAX_CONNECTIONS` slot, reachable from its requests (as a request
+/// extension). hyper lets go of a connection once it is upgraded, so a WebSocket takes the
+/// slot with it ([`ConnectionSlot::take`]) and holds it until the socket closes; any other
+/// connection frees it when it ends.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectionSlot(Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl ConnectionSlot {
+    fn new(permit: OwnedSemaphorePermit) -> ConnectionSlot {
+        ConnectionSlot(Arc::new(std::sync::Mutex::new(Some(permit))))
+    }
+
+    /// The slot's permit, for whoever outlives the connection (`None` if already taken).
+    pub(crate) fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 

@@ -11,6 +11,7 @@
 //! through a 4 KiB buffer (tungstenite's default allocates and zeroes 128 KiB per socket,
 //! and these sockets live one job each), and a client message or frame over
 //! `WS_MAX_MESSAGE_SIZE` closes it with 1009 (message too big) instead of being buffered.
+//! An open socket keeps its connection's `MAX_CONNECTIONS` slot until it closes.
 
 use classifier_core::backend::StatusStream;
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -68,13 +69,19 @@ pub async fn upgrade(ctx: &Ctx, mut req: Request<Incoming>) -> Result<Response<B
     let include = query_flag(req.uri().query(), "include_metadata");
     let updates = ctx.state.service.subscribe(id).await?;
 
+    // The open socket keeps its connection's MAX_CONNECTIONS slot (hyper lets go of an
+    // upgraded connection, which would otherwise free it).
+    let slot = req
+        .extensions()
+        .get::<crate::server::ConnectionSlot>()
+        .and_then(|s| s.take());
     let socket = socket_config(ctx.state.config.ws_max_message_size);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let guard = ctx.state.ws_tasks.clone();
     let mut shutting_down = ctx.state.shutting_down.clone();
     tokio::spawn(
         async move {
-            let _guard = guard;
+            let (_guard, _slot) = (guard, slot);
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(
