@@ -605,11 +605,9 @@ async fn rate_limit_429_with_headers_and_a_full_queue_503() {
     server.stop().await;
 }
 
-/// `MAX_CONNECTIONS`: with both slots held by idle connections, a third is not served; once
-/// one of them closes, it is.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_connections_holds_the_next_connection_until_a_slot_frees() {
-    let server = start(Options {
+/// An API-only server with `MAX_CONNECTIONS` = 2.
+async fn start_with_two_connection_slots() -> TestServer {
+    start(Options {
         workers: 0,
         http: classifier_http::HttpConfig {
             max_connections: 2,
@@ -617,28 +615,48 @@ async fn max_connections_holds_the_next_connection_until_a_slot_frees() {
         },
         ..Options::default()
     })
-    .await;
-    // Accepted in order, each takes a slot while the server waits for its request.
-    let first = TcpStream::connect(server.addr).await.unwrap();
-    let _second = TcpStream::connect(server.addr).await.unwrap();
-    let mut third = TcpStream::connect(server.addr).await.unwrap();
-    third
+    .await
+}
+
+/// A new connection that sends a liveness request, asserted not to be answered within a
+/// second (both slots are taken): it waits in the listen backlog.
+async fn a_waiting_request(server: &TestServer) -> TcpStream {
+    let mut waiting = TcpStream::connect(server.addr).await.unwrap();
+    waiting
         .write_all(b"GET /api/v1/health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut head = [0u8; 12];
     assert!(
-        tokio::time::timeout(Duration::from_secs(1), third.read_exact(&mut head))
+        tokio::time::timeout(Duration::from_secs(1), waiting.read_exact(&mut head))
             .await
             .is_err(),
-        "a third connection was served with both slots taken"
+        "a connection was served while both slots were taken"
     );
-    drop(first);
-    tokio::time::timeout(Duration::from_secs(10), third.read_exact(&mut head))
+    waiting
+}
+
+/// The waiting request of [`a_waiting_request`] is answered now that a slot is free.
+async fn is_served(mut waiting: TcpStream) {
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), waiting.read_exact(&mut head))
         .await
         .expect("served once a slot is free")
         .unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
+}
+
+/// `MAX_CONNECTIONS`: with both slots held by idle connections, a third is not served; once
+/// one of them closes, it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_the_next_connection_until_a_slot_frees() {
+    let server = start_with_two_connection_slots().await;
+    // Accepted in order, each takes a slot while the server waits for its request.
+    let first = TcpStream::connect(server.addr).await.unwrap();
+    let _second = TcpStream::connect(server.addr).await.unwrap();
+    let waiting = a_waiting_request(&server).await;
+    drop(first);
+    is_served(waiting).await;
     server.stop().await;
 }
 
@@ -649,15 +667,7 @@ async fn max_connections_holds_the_next_connection_until_a_slot_frees() {
 async fn open_websockets_count_against_max_connections() {
     use futures_util::StreamExt;
 
-    let server = start(Options {
-        workers: 0,
-        http: classifier_http::HttpConfig {
-            max_connections: 2,
-            ..Options::default().http
-        },
-        ..Options::default()
-    })
-    .await;
+    let server = start_with_two_connection_slots().await;
     // Submitted through the service, so that no HTTP connection holds a slot.
     let ticket = server
         .service
@@ -679,27 +689,12 @@ async fn open_websockets_count_against_max_connections() {
         assert!(matches!(first, Some(Ok(_))), "{first:?}");
         sockets.push(ws);
     }
-    let mut third = TcpStream::connect(server.addr).await.unwrap();
-    third
-        .write_all(b"GET /api/v1/health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = [0u8; 12];
-    assert!(
-        tokio::time::timeout(Duration::from_secs(1), third.read_exact(&mut head))
-            .await
-            .is_err(),
-        "a connection was served while two open sockets held both slots"
-    );
+    let waiting = a_waiting_request(&server).await;
     let mut closing = sockets.remove(0);
     closing.close(None).await.unwrap();
     while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(10), closing.next()).await
     {
     }
-    tokio::time::timeout(Duration::from_secs(10), third.read_exact(&mut head))
-        .await
-        .expect("served once a socket closed")
-        .unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200");
+    is_served(waiting).await;
     server.stop().await;
 }
