@@ -9,8 +9,8 @@
 //! our kernels serve exactly (NCHW or CHW float32, 3×3 window, stride 1 or 2, one pixel of
 //! padding before each axis, no dilation; a shuffle of exactly the ShuffleNet form; a 1×1
 //! convolution as tract's declutter writes it, on CPUs with AVX-512F or AVX2) with an
-//! operator of this module. Every other node, and every node whose geometry differs, stays tract's; tract
-//! then optimizes the rewritten graph as usual.
+//! operator of this module. Every other node, and every node whose geometry differs, stays
+//! tract's; tract then optimizes the rewritten graph as usual.
 //!
 //! The results equal tract's within float rounding (the sums run in another order); the
 //! fidelity tests compare the whole model with onnxruntime's logits either way, and

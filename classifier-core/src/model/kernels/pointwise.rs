@@ -188,6 +188,21 @@ struct Product<'a> {
 }
 
 impl Product<'_> {
+    /// The number of output channels, once every length that the vector paths' pointer
+    /// arithmetic relies on is checked (a panic otherwise, never an access out of bounds).
+    #[cfg(target_arch = "x86_64")]
+    fn checked_out_channels(&self) -> usize {
+        let cout = self.bias.len();
+        assert!(
+            self.pixels > 0
+                && self.cin > 0
+                && self.image.len() == self.cin * self.pixels
+                && self.weights.len() == cout * self.cin
+                && self.out.len() == cout * self.pixels
+        );
+        cout
+    }
+
     /// The definition as a plain loop (for CPUs without AVX-512F or AVX2).
     fn run_plain(self) {
         let (pixels, cin) = (self.pixels, self.cin);
@@ -394,14 +409,7 @@ mod avx512 {
     /// The CPU must have AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn run(mut p: Product<'_>) {
-        let cout = p.bias.len();
-        assert!(
-            p.pixels > 0
-                && p.cin > 0
-                && p.image.len() == p.cin * p.pixels
-                && p.weights.len() == cout * p.cin
-                && p.out.len() == cout * p.pixels
-        );
+        let cout = p.checked_out_channels();
         let vectors = p.pixels.div_ceil(LANES);
         let mut v = 0;
         while v < vectors {
@@ -467,14 +475,7 @@ mod avx2 {
     /// The CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn run(mut p: Product<'_>) {
-        let cout = p.bias.len();
-        assert!(
-            p.pixels > 0
-                && p.cin > 0
-                && p.image.len() == p.cin * p.pixels
-                && p.weights.len() == cout * p.cin
-                && p.out.len() == cout * p.pixels
-        );
+        let cout = p.checked_out_channels();
         let vectors = p.pixels.div_ceil(LANES);
         let mut v = 0;
         while v < vectors {
