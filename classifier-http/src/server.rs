@@ -243,6 +243,7 @@ const LINGER_TIME: Duration = Duration::from_secs(2);
 /// A TCP stream that closes "lingering": when dropped (after the response, e.g. an early
 /// 413), it shuts down its write side and reads for a short while before closing, so that a
 /// client still sending its body receives the response instead of a reset that would discard it.
+/// A stream whose client has already closed its side is closed at once.
 struct Lingering {
     inner: Option<TcpStream>,
 }
@@ -264,6 +265,12 @@ impl Drop for Lingering {
         let Some(mut tcp) = self.inner.take() else {
             return;
         };
+        // The client has already closed its side (a status WebSocket after the close
+        // handshake, a keep-alive connection the client ended): nothing more can arrive, so
+        // close at once instead of starting a lingering task (one per WebSocket otherwise).
+        if matches!(tcp.try_read(&mut [0u8; 1]), Ok(0)) {
+            return;
+        }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -336,5 +343,65 @@ impl AsyncWrite for Lingering {
             Ok(s) => Pin::new(s).poll_shutdown(cx),
             Err(e) => Poll::Ready(Err(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected pair: the server's end wrapped in [`Lingering`], and the client's end.
+    async fn pair() -> (Lingering, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Lingering::new(server), client)
+    }
+
+    fn alive_tasks() -> usize {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_client_is_still_there_lingers_to_read_what_it_sends() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"more body").await.unwrap();
+        // Let the server see the bytes, as it would see a body it stopped reading.
+        server.stream().unwrap().readable().await.unwrap();
+        drop(server);
+        assert_eq!(
+            alive_tasks(),
+            1,
+            "a lingering task reads what the client still sends"
+        );
+        // The server's side shuts down (EOF for the client), and the task ends once the
+        // client closes.
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        drop(client);
+        for _ in 0..100 {
+            if alive_tasks() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the lingering task did not end after the client closed");
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_client_has_closed_is_closed_without_lingering() {
+        let (mut server, client) = pair().await;
+        drop(client);
+        server.stream().unwrap().readable().await.unwrap();
+        drop(server);
+        assert_eq!(
+            alive_tasks(),
+            0,
+            "no lingering task for a client that is gone"
+        );
     }
 }

@@ -163,7 +163,7 @@ pub async fn read(req: Request<Incoming>, mode: Mode, limits: Limits) -> Result<
                 }));
             }
             let filename = field.file_name().map(|f| crate::router::truncate(f, 255));
-            let mut buf = BytesMut::new();
+            let mut buf = Chunks::default();
             let mut too_large = false;
             while let Some(chunk) = field
                 .chunk()
@@ -175,18 +175,18 @@ pub async fn read(req: Request<Incoming>, mode: Mode, limits: Limits) -> Result<
                 }
                 if buf.len() + chunk.len() > limits.max_file_size {
                     too_large = true;
-                    buf = BytesMut::new();
+                    buf = Chunks::default();
                     if mode == Mode::Single {
                         return Err(too_large_file(filename.as_deref(), limits.max_file_size));
                     }
                 } else {
-                    buf.extend_from_slice(&chunk);
+                    buf.push(chunk);
                 }
             }
             let data = if too_large {
                 Err(too_large_file(filename.as_deref(), limits.max_file_size))
             } else {
-                Ok(buf.freeze())
+                Ok(buf.join())
             };
             upload.files.push(UploadedFile {
                 index,
@@ -239,6 +239,38 @@ pub async fn read(req: Request<Incoming>, mode: Mode, limits: Limits) -> Result<
         )));
     }
     Ok(upload)
+}
+
+/// A file's bytes as they arrive: the chunks are kept as they come (no copy while the file
+/// streams in) and joined once at the end into one buffer of exactly the received size.
+/// Appending to a growing buffer instead copied a 240 KB upload about twice over.
+#[derive(Debug, Default)]
+struct Chunks {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl Chunks {
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        self.parts.push(chunk);
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The file as one contiguous buffer (a lone chunk is returned as it is, without a copy).
+    fn join(mut self) -> Bytes {
+        if self.parts.len() <= 1 {
+            return self.parts.pop().unwrap_or_default();
+        }
+        let mut joined = BytesMut::with_capacity(self.len);
+        for part in &self.parts {
+            joined.extend_from_slice(part);
+        }
+        joined.freeze()
+    }
 }
 
 fn too_large_file(filename: Option<&str>, limit: usize) -> Error {
@@ -363,4 +395,26 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     }
     serde_json::from_slice(&body)
         .map_err(|e| Error::Validation(format!("the body is not the expected JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(parts: &[&'static [u8]]) -> Chunks {
+        let mut c = Chunks::default();
+        for p in parts {
+            c.push(Bytes::from_static(p));
+        }
+        c
+    }
+
+    #[test]
+    fn chunks_join_into_the_bytes_in_order() {
+        assert_eq!(chunks(&[]).join(), Bytes::new());
+        assert_eq!(chunks(&[b"one"]).join(), Bytes::from_static(b"one"));
+        let c = chunks(&[b"ab", b"", b"cde", b"f"]);
+        assert_eq!(c.len(), 6);
+        assert_eq!(c.join(), Bytes::from_static(b"abcdef"));
+    }
 }
