@@ -65,6 +65,10 @@ struct State<T> {
     seq: u64,
     expected: usize,
     closed: bool,
+    /// Consumers blocked on `changed`. A push wakes them only if there are any: the futex
+    /// `Condvar` makes a system call for every notification, waiter or not, and when every
+    /// consumer is busy (a loaded server) no one is waiting.
+    sleepers: usize,
 }
 
 /// A blocking, multi-consumer priority queue that hands out batches. Share it in an `Arc`.
@@ -141,8 +145,7 @@ impl<T> Drop for Announcement<T> {
         if self.live {
             let mut s = self.queue.lock();
             s.expected = s.expected.saturating_sub(1);
-            drop(s);
-            self.queue.changed.notify_all();
+            self.queue.publish(s);
         }
     }
 }
@@ -156,6 +159,7 @@ impl<T> BatchQueue<T> {
                 seq: 0,
                 expected: 0,
                 closed: false,
+                sleepers: 0,
             }),
             changed: Condvar::new(),
             waiting: AtomicUsize::new(0),
@@ -166,6 +170,35 @@ impl<T> BatchQueue<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         // Every critical section leaves the state consistent: recover from poisoning.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Release the lock after a change and wake the blocked consumers, if any. (A consumer
+    /// counts itself in `sleepers` under the lock before it waits, so none is missed.)
+    fn publish(&self, s: MutexGuard<'_, State<T>>) {
+        let sleepers = s.sleepers;
+        drop(s);
+        if sleepers > 0 {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Block on `changed` (at most `timeout`, if given), counted in `sleepers`.
+    fn sleep<'a>(
+        &'a self,
+        mut s: MutexGuard<'a, State<T>>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, State<T>> {
+        s.sleepers += 1;
+        let mut s = match timeout {
+            None => self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
+            Some(t) => self
+                .changed
+                .wait_timeout(s, t)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|p| p.into_inner().0),
+        };
+        s.sleepers -= 1;
+        s
     }
 
     /// Say that one more item is on its way, so that short batches wait for it (at most
@@ -212,8 +245,7 @@ impl<T> BatchQueue<T> {
             s.expected = s.expected.saturating_sub(1);
         }
         if s.closed {
-            drop(s);
-            self.changed.notify_all();
+            self.publish(s);
             return Err(item);
         }
         s.seq += 1;
@@ -226,16 +258,16 @@ impl<T> BatchQueue<T> {
             item,
         });
         self.waiting.store(s.items.len(), AtomicOrdering::SeqCst);
-        drop(s);
-        self.changed.notify_all();
+        self.publish(s);
         Ok(())
     }
 
     /// Stop accepting items; consumers drain what is waiting and then get `None`.
     pub fn close(&self) {
-        self.lock().closed = true;
+        let mut s = self.lock();
+        s.closed = true;
         self.closed.store(true, AtomicOrdering::SeqCst);
-        self.changed.notify_all();
+        self.publish(s);
     }
 
     /// Whether a consumer has something to do: an item waits or the queue is closed. Reads
@@ -247,8 +279,7 @@ impl<T> BatchQueue<T> {
     /// Wake every consumer blocked in [`next_batch_or_help`](Self::next_batch_or_help), so
     /// that it checks its `help` condition again (call it after making that condition true).
     pub fn wake_consumers(&self) {
-        drop(self.lock());
-        self.changed.notify_all();
+        self.publish(self.lock());
     }
 
     /// Move waiting items with `key` into `batch` (best first) until it holds `limit`.
@@ -297,7 +328,7 @@ impl<T> BatchQueue<T> {
             if help() {
                 return Some(Next::Help);
             }
-            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+            s = self.sleep(s, None);
         };
         let limit = first.limit.min(policy.max_batch).max(1);
         let key = first.key;
@@ -311,11 +342,7 @@ impl<T> BatchQueue<T> {
                 if now >= deadline {
                     break;
                 }
-                s = self
-                    .changed
-                    .wait_timeout(s, deadline - now)
-                    .map(|(guard, _)| guard)
-                    .unwrap_or_else(|p| p.into_inner().0);
+                s = self.sleep(s, Some(deadline - now));
                 Self::take_matching(&mut s, &key, limit, &mut batch);
             }
         }
@@ -448,5 +475,38 @@ mod tests {
         wanted.store(true, Ordering::SeqCst);
         q.wake_consumers();
         assert_eq!(consumer.join().unwrap(), Some(Next::Help));
+    }
+
+    /// Wait (at most 5 s) until `q` has `n` consumers blocked on it.
+    fn until_sleeping<T>(q: &BatchQueue<T>, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while q.lock().sleepers != n {
+            assert!(Instant::now() < deadline, "expected {n} blocked consumers");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_push_wakes_every_blocked_consumer_in_turn_and_none_is_counted_after() {
+        let q = Arc::new(BatchQueue::<i32>::new());
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..2 {
+            let (q, tx) = (q.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let _ = tx.send(q.next_batch(&policy(1, 0)));
+            });
+        }
+        until_sleeping(&q, 2);
+        q.push(1, "m", 0, 1).unwrap();
+        let first = rx.recv_timeout(Duration::from_secs(5));
+        assert_eq!(first, Ok(Some(vec![1])), "a push wakes a blocked consumer");
+        until_sleeping(&q, 1);
+        q.push(2, "m", 0, 1).unwrap();
+        let second = rx.recv_timeout(Duration::from_secs(5));
+        assert_eq!(second, Ok(Some(vec![2])), "and the next push the other");
+        assert_eq!(q.lock().sleepers, 0);
+        // With no consumer blocked, pushes notify no one (and lose nothing).
+        q.push(3, "m", 0, 1).unwrap();
+        assert_eq!(q.next_batch(&policy(1, 0)), Some(vec![3]));
     }
 }
