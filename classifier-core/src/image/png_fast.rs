@@ -753,7 +753,7 @@ mod tests {
             // Groups of rows with every pair of filters, and a tail of rows done one by one.
             let groups = (0..=4u8).flat_map(|k| (0..=4u8).map(move |l| [k, l]));
             for kinds in groups.map(|[k, l]| [k, l, (k + l) % 5, 4 - k, l, k, 2, l, 4 - l, k]) {
-                for pixels in [1, 2, 7, 451] {
+                for pixels in [1, 2, 7, 8, 9, 451] {
                     let row_len = bpp * pixels;
                     let stride = row_len + 1;
                     let up: Vec<u8> = (0..row_len).map(|_| next()).collect();
