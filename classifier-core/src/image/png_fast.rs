@@ -456,6 +456,20 @@ mod rows_avx2 {
         _mm256_cvtepu8_epi16(_mm_set_epi32(w[3], w[2], w[1], w[0]))
     }
 
+    /// The inverse of [`widen`]: each 64-bit lane's four 16-bit lanes (0..=255) as the bytes
+    /// of a little-endian word.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn words_of(v: __m256i) -> [i32; LANES] {
+        let packed = _mm256_packus_epi16(v, v);
+        [
+            _mm256_extract_epi32::<0>(packed),
+            _mm256_extract_epi32::<1>(packed),
+            _mm256_extract_epi32::<4>(packed),
+            _mm256_extract_epi32::<5>(packed),
+        ]
+    }
+
     /// `(low[3], high[0], high[1], high[2])`: `high` moved up one 64-bit lane, with the top
     /// lane of `low` entering at the bottom.
     #[inline]
@@ -577,19 +591,14 @@ mod rows_avx2 {
                     let out =
                         predictors.reconstruct(widen(words), left[g], upper[g], upper_left[g]);
                     left[g] = out;
-                    let packed = _mm256_packus_epi16(out, out);
-                    let results = [
-                        _mm256_extract_epi32::<0>(packed),
-                        _mm256_extract_epi32::<1>(packed),
-                        _mm256_extract_epi32::<4>(packed),
-                        _mm256_extract_epi32::<5>(packed),
-                    ];
-                    for (at, result) in at.into_iter().zip(results) {
+                    for (at, result) in at.into_iter().zip(words_of(out)) {
                         rows[at..at + 4].copy_from_slice(&result.to_le_bytes());
                     }
                 }
                 continue;
             }
+            // The first and last steps: rows outside the image are skipped, and exactly `BPP`
+            // bytes are read and written (the group's last pixel ends the slice).
             for g in 0..2 {
                 let mut words = [0i32; LANES];
                 for (l, w) in words.iter_mut().enumerate() {
@@ -597,30 +606,20 @@ mod rows_avx2 {
                         *w = word::<BPP>(rows, at);
                     }
                 }
-                let mut out =
-                    predictors[g].reconstruct(widen(words), left[g], upper[g], upper_left[g]);
-                if edge {
-                    // Rows not started (or done) stay zero: a row's left and upper-left
-                    // neighbours before its first pixel are zero.
-                    let active = |l: usize| {
-                        if at(g * LANES + l).is_some() {
-                            -1i64
-                        } else {
-                            0
-                        }
-                    };
-                    let mask = _mm256_set_epi64x(active(3), active(2), active(1), active(0));
-                    out = _mm256_and_si256(out, mask);
-                }
+                let out = predictors[g].reconstruct(widen(words), left[g], upper[g], upper_left[g]);
+                // Rows not started (or done) stay zero: a row's left and upper-left neighbours
+                // before its first pixel are zero.
+                let active = |l: usize| {
+                    if at(g * LANES + l).is_some() {
+                        -1i64
+                    } else {
+                        0
+                    }
+                };
+                let mask = _mm256_set_epi64x(active(3), active(2), active(1), active(0));
+                let out = _mm256_and_si256(out, mask);
                 left[g] = out;
-                let packed = _mm256_packus_epi16(out, out);
-                let results = [
-                    _mm256_extract_epi32::<0>(packed),
-                    _mm256_extract_epi32::<1>(packed),
-                    _mm256_extract_epi32::<4>(packed),
-                    _mm256_extract_epi32::<5>(packed),
-                ];
-                for (l, result) in results.into_iter().enumerate() {
+                for (l, result) in words_of(out).into_iter().enumerate() {
                     if let Some(at) = at(g * LANES + l) {
                         rows[at..at + BPP].copy_from_slice(&result.to_le_bytes()[..BPP]);
                     }
