@@ -294,6 +294,16 @@ fn unfilter(kind: u8, row: &mut [u8], up: &[u8], bpp: usize) -> Result<(), Unsup
     }
 }
 
+/// The `BPP` bytes at `at` as the low bytes of a little-endian word (the rest zero): how the
+/// SIMD row filters load a pixel without reading past it.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn pixel_word<const BPP: usize>(bytes: &[u8], at: usize) -> i32 {
+    let mut w = [0u8; 4];
+    w[..BPP].copy_from_slice(&bytes[at..at + BPP]);
+    i32::from_le_bytes(w)
+}
+
 /// The row filters for RGB and RGBA with one pixel per SSE2 register (libpng's
 /// `filter_sse2_intrinsics.c` approach), for several rows at a time. Each channel sits in a 16-bit
 /// lane (0..=255), where `a + b - c` and its distances cannot overflow; the final additions
@@ -316,10 +326,8 @@ mod pixel_simd {
     #[inline]
     #[target_feature(enable = "sse2")]
     fn load<const BPP: usize>(pixel: &[u8]) -> __m128i {
-        let mut word = [0u8; 4];
-        word[..BPP].copy_from_slice(&pixel[..BPP]);
         _mm_unpacklo_epi8(
-            _mm_cvtsi32_si128(i32::from_le_bytes(word)),
+            _mm_cvtsi32_si128(super::pixel_word::<BPP>(pixel, 0)),
             _mm_setzero_si128(),
         )
     }
@@ -436,18 +444,10 @@ mod rows_avx2 {
         _mm256_srli_epi16, _mm256_sub_epi16, _mm_set_epi32,
     };
 
-    use super::ROWS_AT_ONCE;
+    use super::{pixel_word as word, ROWS_AT_ONCE};
 
     /// Rows per register.
     const LANES: usize = 4;
-
-    /// The `BPP` bytes at `at` as the low bytes of a little-endian word (the rest zero).
-    #[inline(always)]
-    fn word<const BPP: usize>(bytes: &[u8], at: usize) -> i32 {
-        let mut w = [0u8; 4];
-        w[..BPP].copy_from_slice(&bytes[at..at + BPP]);
-        i32::from_le_bytes(w)
-    }
 
     /// Four words, one per 64-bit lane, their bytes widened to 16-bit lanes.
     #[inline]
@@ -516,7 +516,7 @@ mod rows_avx2 {
         }
 
         /// `raw` plus each lane's prediction from left `a`, upper `b` and upper-left `c`
-        /// (None: 0).
+        /// (0 for a row whose filter is None).
         #[inline]
         #[target_feature(enable = "avx2")]
         fn reconstruct(&self, raw: __m256i, a: __m256i, b: __m256i, c: __m256i) -> __m256i {
