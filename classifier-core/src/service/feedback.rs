@@ -16,13 +16,73 @@ use crate::job::{JobId, JobStatus};
 use crate::model::Labels;
 
 /// How a client names the correct class: an ImageNet class id, or a class name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// In JSON, an id is a whole number (`285`; `285.0` too, which JSON Schema counts as an
+/// integer) and a name is a string. Anything else (a negative or fractional number, `null`,
+/// an array) is refused with a message that says what is expected.
+///
+/// ```
+/// use classifier_core::service::LabelRef;
+/// let id: LabelRef = serde_json::from_str("285.0").unwrap();
+/// assert_eq!(id, LabelRef::Id(285));
+/// assert!(serde_json::from_str::<LabelRef>("-1").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum LabelRef {
     /// A class id (`285`).
     Id(usize),
     /// A class name (`"Egyptian cat"`), or an id written as a string (`"285"`).
     Name(String),
+}
+
+impl<'de> Deserialize<'de> for LabelRef {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_any(LabelRefVisitor)
+    }
+}
+
+/// Reads a [`LabelRef`] from a number or a string.
+struct LabelRefVisitor;
+
+impl serde::de::Visitor<'_> for LabelRefVisitor {
+    type Value = LabelRef;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a class id (a whole number, 0 or more) or a class name (a string)")
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<LabelRef, E> {
+        usize::try_from(v)
+            .map(LabelRef::Id)
+            .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<LabelRef, E> {
+        u64::try_from(v)
+            .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            .and_then(|v| self.visit_u64(v))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<LabelRef, E> {
+        // 2^53: above it not every whole number is representable, so the id would be a guess.
+        const EXACT: f64 = 9_007_199_254_740_992.0;
+        if v.fract() == 0.0 && (0.0..=EXACT).contains(&v) {
+            self.visit_u64(v as u64)
+        } else {
+            Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+        }
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<LabelRef, E> {
+        Ok(LabelRef::Name(v.to_string()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> std::result::Result<LabelRef, E> {
+        Ok(LabelRef::Name(v))
+    }
 }
 
 impl fmt::Display for LabelRef {
@@ -193,6 +253,44 @@ impl Service {
                 return Ok(out);
             }
             offset += entries.len();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LabelRef;
+
+    fn parse(json: &str) -> Result<LabelRef, String> {
+        serde_json::from_str(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_whole_number_is_an_id_whether_written_as_an_integer_or_a_float() {
+        assert_eq!(parse("285"), Ok(LabelRef::Id(285)));
+        assert_eq!(parse("0"), Ok(LabelRef::Id(0)));
+        // JSON Schema's "integer" includes 285.0, and so does the OpenAPI document.
+        assert_eq!(parse("285.0"), Ok(LabelRef::Id(285)));
+        assert_eq!(parse("2.85e2"), Ok(LabelRef::Id(285)));
+    }
+
+    #[test]
+    fn a_string_is_a_name() {
+        assert_eq!(
+            parse("\"Egyptian cat\""),
+            Ok(LabelRef::Name("Egyptian cat".into()))
+        );
+        assert_eq!(parse("\"285\""), Ok(LabelRef::Name("285".into())));
+    }
+
+    #[test]
+    fn negative_fractional_huge_and_other_values_are_refused_saying_what_is_expected() {
+        for bad in ["-1", "1.5", "-0.5", "1e300", "null", "true", "[1]", "{}"] {
+            let err = parse(bad).expect_err(bad);
+            assert!(
+                err.contains("a class id (a whole number, 0 or more) or a class name"),
+                "{bad}: {err}"
+            );
         }
     }
 }
