@@ -425,10 +425,30 @@ async fn not_found_ids_request_ids_and_documents() {
     .await;
     assert_eq!(status, 200, "{ready}");
 
+    let versions: Vec<String> = server
+        .service
+        .models()
+        .into_iter()
+        .map(|m| m.version)
+        .collect();
     for path in ["/openapi.json", "/api/v1/openapi.json"] {
         let (status, _, doc) = json(client.get(server.url(path)).send().await.unwrap()).await;
         assert_eq!(status, 200);
         assert_eq!(doc["openapi"], "3.1.0");
+        // This server has no keys: its document asks for none.
+        assert!(doc.get("security").is_none(), "{}", doc["security"]);
+        assert!(doc["components"].get("securitySchemes").is_none());
+        // model_version is one of the versions this server serves.
+        let form = &doc["paths"]["/api/v1/classify"]["post"]["requestBody"]["content"]
+            ["multipart/form-data"]["schema"];
+        let allowed = form["properties"]["model_version"]["enum"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for v in versions.iter().map(String::as_str).chain(["latest", ""]) {
+            assert!(allowed.iter().any(|a| a == v), "{v} not in {allowed:?}");
+        }
+        assert_eq!(allowed.len(), versions.len() + 2, "{allowed:?}");
     }
     let page = client.get(server.url("/")).send().await.unwrap();
     assert_eq!(page.status(), 200);

@@ -94,6 +94,14 @@ async fn bad_uploads_get_400_415_422_with_the_exact_error_shape() {
             "priority",
             photo().text("priority", "low").text("priority", "high"),
         ),
+        // Values are taken exactly as sent (the OpenAPI enum lists them): padding is refused.
+        ("priority", photo().text("priority", " high")),
+        ("model_version", photo().text("model_version", "latest ")),
+        (
+            "callback_url",
+            photo().text("callback_url", " https://example.com/hook"),
+        ),
+        ("metadata", photo().text("metadata", " ")),
     ];
     for (field, form) in cases {
         let (status, body) = post_form(&server, path, form).await;
@@ -122,6 +130,26 @@ async fn bad_uploads_get_400_415_422_with_the_exact_error_shape() {
         body["detail"].as_str().unwrap().contains(&default),
         "{body}"
     );
+
+    // Empty option fields (as an HTML form sends its empty inputs) are the same as absent ones.
+    let empty = ["priority", "model_version", "callback_url", "metadata"]
+        .into_iter()
+        .fold(photo(), |form, field| form.text(field, ""));
+    let (status, body) = post_form(&server, path, empty).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["priority"], "normal", "{body}");
+    assert_eq!(body["model_version"], default.as_str(), "{body}");
+
+    // include_metadata is a boolean: true or false, anything else is a 422 (not a silent false).
+    let status_path = format!("/api/v1/status/{}", body["job_id"].as_str().unwrap());
+    for (query, expected) in [("true", 200), ("false", 200), ("1", 422), ("yes", 422)] {
+        let url = server.url(&format!("{status_path}?include_metadata={query}"));
+        let (status, _, body) = json(client().get(url).send().await.unwrap()).await;
+        assert_eq!(status, expected, "{query}: {body}");
+        if expected == 422 {
+            assert_error(&body, "VALIDATION_ERROR", &status_path);
+        }
+    }
 
     // The same checks on /predict.
     let (status, body) = post_form(
@@ -485,6 +513,24 @@ async fn keys_admins_and_job_ownership() {
             .unwrap()
             .status(),
         403
+    );
+
+    // The document of a server with keys declares them.
+    let doc: serde_json::Value = c
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        doc["security"],
+        serde_json::json!([{"ApiKey": []}, {"Bearer": []}])
+    );
+    assert_eq!(
+        doc["components"]["securitySchemes"]["ApiKey"]["name"],
+        "X-API-Key"
     );
 
     // Open routes need no key.

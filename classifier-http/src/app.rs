@@ -159,7 +159,19 @@ async fn authorize_and_dispatch(
 async fn dispatch(handler: Handler, ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>> {
     match handler {
         Handler::Demo => Ok(handlers::pages::demo()),
-        Handler::OpenApi => Ok(handlers::pages::openapi()),
+        Handler::OpenApi => {
+            let versions: Vec<String> = ctx
+                .state
+                .service
+                .models()
+                .into_iter()
+                .map(|m| m.version)
+                .collect();
+            Ok(handlers::pages::openapi(
+                ctx.state.auth.enabled(),
+                &versions,
+            ))
+        }
         Handler::Metrics => handlers::health::metrics(&ctx).await,
         Handler::Health => Ok(handlers::health::health(&ctx).await),
         Handler::Live => Ok(handlers::health::live(&ctx)),

@@ -1,6 +1,12 @@
 //! The OpenAPI 3.1 document of the API as implemented (served at `/openapi.json` and
 //! `/api/v1/openapi.json`). A unit test checks that every route of [`crate::router::ROUTES`]
 //! is documented.
+//!
+//! The document describes the server that serves it: with API keys configured, every route
+//! but the open ones requires one; with auth off, none does (a client generated from it, or
+//! a conformance checker such as schemathesis, then sends no key). The 202 of a submission
+//! carries OpenAPI links to the job's status, WebSocket, result, cancel and feedback, so a
+//! stateful checker can follow a real job.
 
 use serde_json::{json, Value};
 
@@ -12,9 +18,68 @@ fn ok(description: &str, schema: Value) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": schema}}})
 }
 
+/// A response object with OpenAPI links added.
+trait WithLinks {
+    fn with_links(self, links: Value) -> Value;
+}
+
+impl WithLinks for Value {
+    fn with_links(mut self, links: Value) -> Value {
+        self["links"] = links;
+        self
+    }
+}
+
 fn id_param() -> Value {
     json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"},
            "description": "Job id; malformed, expired and foreign ids are all 404 JOB_NOT_FOUND."})
+}
+
+fn include_metadata_param() -> Value {
+    json!({"name": "include_metadata", "in": "query", "schema": {"type": "boolean"}})
+}
+
+/// The parameters of `/status/{id}/ws`: the id, `include_metadata` and the headers of a
+/// WebSocket handshake (RFC 6455), without which the route answers 400.
+fn websocket_params() -> Value {
+    let header = |name: &str, schema: Value, description: &str| json!({"name": name, "in": "header", "required": true, "schema": schema, "description": description});
+    json!([
+        id_param(),
+        include_metadata_param(),
+        header(
+            "Connection",
+            json!({"type": "string", "enum": ["Upgrade"]}),
+            "a token list that includes Upgrade"
+        ),
+        header(
+            "Upgrade",
+            json!({"type": "string", "enum": ["websocket"]}),
+            "websocket"
+        ),
+        header(
+            "Sec-WebSocket-Version",
+            json!({"type": "string", "enum": ["13"]}),
+            "13"
+        ),
+        header(
+            "Sec-WebSocket-Key",
+            json!({"type": "string", "pattern": "^[A-Za-z0-9+/]{22}==$"}),
+            "16 random bytes, base64"
+        )
+    ])
+}
+
+/// OpenAPI links from a response carrying a job id at `pointer` to the job's routes.
+fn job_links(pointer: &str) -> Value {
+    let to = |operation: &str, description: &str| json!({"operationId": operation, "parameters": {"id": format!("$response.body#{pointer}")}, "description": description});
+    json!({
+        "GetStatus": to("getStatus", "Poll the job's status"),
+        "WatchStatus": to("watchStatus", "Follow the job over the WebSocket"),
+        "GetResult": to("getResult", "Fetch the result once completed"),
+        "CancelJob": to("cancelJob", "Cancel the job"),
+        "SendFeedback": {"operationId": "sendFeedback", "requestBody": {"job_id": format!("$response.body#{pointer}"), "correct_label": 285},
+            "description": "Correct the job's label once completed"}
+    })
 }
 
 fn secured() -> Value {
@@ -23,10 +88,13 @@ fn secured() -> Value {
 
 fn options_properties() -> Value {
     json!({
-        "priority": {"type": "string", "enum": ["low", "normal", "high", "urgent"], "default": "normal"},
-        "model_version": {"type": "string", "description": "A version of GET /models, or \"latest\" (default)."},
-        "callback_url": {"type": "string", "format": "uri", "description": "http(s) URL notified on a terminal state."},
-        "metadata": {"type": "string", "description": "A JSON object, at most 1024 bytes; returned with include_metadata=true."}
+        "priority": {"type": "string", "enum": ["low", "normal", "high", "urgent", ""], "default": "normal",
+            "description": "Empty or absent: normal."},
+        "model_version": {"type": "string", "description": "A version of GET /models, or \"latest\"; empty or absent: latest."},
+        "callback_url": {"type": "string", "anyOf": [{"format": "uri"}, {"const": ""}],
+            "description": "http(s) URL notified on a terminal state; its host must resolve to a public address (422 otherwise). Empty or absent: none."},
+        "metadata": {"type": "string", "maxLength": 1024,
+            "description": "A JSON object, at most 1024 bytes (422 otherwise); returned with include_metadata=true. Empty or absent: none."}
     })
 }
 
@@ -39,6 +107,18 @@ fn multipart(file_field: &str, many: bool) -> Value {
     };
     json!({"required": true, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": [file_field], "properties": props}}}})
+}
+
+/// The form of `/predict`: a file and `model_version` (it makes no job, so the other options
+/// are unknown fields there, and ignored).
+fn predict_form() -> Value {
+    let mut form = multipart("file", false);
+    if let Some(props) =
+        form["content"]["multipart/form-data"]["schema"]["properties"].as_object_mut()
+    {
+        props.retain(|name, _| name == "file" || name == "model_version");
+    }
+    form
 }
 
 fn submit_errors() -> Value {
@@ -56,6 +136,14 @@ fn submit_errors() -> Value {
 
 fn job_errors() -> Value {
     json!({"401": error_ref("UNAUTHORIZED"), "404": error_ref("JOB_NOT_FOUND"), "429": error_ref("RATE_LIMITED")})
+}
+
+/// The errors of the status routes: those of every job route, and a bad `include_metadata`.
+fn status_errors() -> Value {
+    merge(
+        job_errors(),
+        json!({"422": error_ref("VALIDATION_ERROR: include_metadata is not true or false")}),
+    )
 }
 
 fn admin_errors() -> Value {
@@ -78,8 +166,64 @@ fn health_get(summary: &str) -> Value {
         "503": ok("Unhealthy / not ready", json!({"$ref": "#/components/schemas/Health"}))}}})
 }
 
-/// The document.
+/// The document of a server with authentication on (API keys configured), without the list
+/// of its model versions.
 pub fn document() -> Value {
+    document_for(true, &[])
+}
+
+/// The document of a server whose authentication is on (`auth_enabled`) or off, serving
+/// `model_versions` (none given: `model_version` is any string).
+///
+/// - With auth off no route requires a key, so the document declares no security
+///   requirement and no scheme.
+/// - With versions, `model_version` is one of `latest` and those versions: anything else is
+///   the 422 that lists them.
+///
+/// ```
+/// let versions = ["mobilenet".to_string()];
+/// let open = classifier_http::openapi::document_for(false, &versions);
+/// assert!(open.get("security").is_none());
+/// let form = &open["paths"]["/api/v1/classify"]["post"]["requestBody"]["content"]["multipart/form-data"];
+/// assert_eq!(form["schema"]["properties"]["model_version"]["enum"], serde_json::json!(["latest", "", "mobilenet"]));
+/// let secured = classifier_http::openapi::document_for(true, &[]);
+/// assert!(secured["security"].is_array());
+/// ```
+pub fn document_for(auth_enabled: bool, model_versions: &[String]) -> Value {
+    let mut doc = full_document();
+    if !auth_enabled {
+        if let Some(doc) = doc.as_object_mut() {
+            doc.remove("security");
+        }
+        if let Some(components) = doc["components"].as_object_mut() {
+            components.remove("securitySchemes");
+        }
+        if let Some(description) = doc["info"]["description"].as_str() {
+            let description = format!(
+                "{description} Authentication is off on this server (no API_KEYS or ADMIN_API_KEYS): no route needs a key."
+            );
+            doc["info"]["description"] = Value::String(description);
+        }
+    }
+    if !model_versions.is_empty() {
+        let allowed: Vec<&str> = ["latest", ""]
+            .into_iter()
+            .chain(model_versions.iter().map(String::as_str))
+            .collect();
+        for path in [
+            "/api/v1/classify",
+            "/api/v1/classify/batch",
+            "/api/v1/predict",
+        ] {
+            let form =
+                &mut doc["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"];
+            form["schema"]["properties"]["model_version"]["enum"] = json!(allowed);
+        }
+    }
+    doc
+}
+
+fn full_document() -> Value {
     let status_schema = json!({"$ref": "#/components/schemas/Status"});
     json!({
         "openapi": "3.1.0",
@@ -107,35 +251,36 @@ pub fn document() -> Value {
                         "description": "A/B split of \"latest\" (version -> weight); empty when latest is the default"},
                     "models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}}))}),
                     json!({"401": error_ref("UNAUTHORIZED"), "429": error_ref("RATE_LIMITED")}))}},
-            "/api/v1/classify": {"post": {"summary": "Submit one image; returns at once", "tags": ["jobs"],
+            "/api/v1/classify": {"post": {"operationId": "classify", "summary": "Submit one image; returns at once", "tags": ["jobs"],
                 "requestBody": multipart("file", false),
-                "responses": merge(json!({"202": {"description": "Accepted",
+                "responses": merge(json!({"202": json!({"description": "Accepted",
                     "headers": {"Location": {"schema": {"type": "string"}, "description": "/api/v1/status/{job_id}"}},
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Ticket"}}}}}), submit_errors())}},
-            "/api/v1/classify/batch": {"post": {"summary": "Submit 1..=MAX_BATCH_FILES images", "tags": ["jobs"],
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Ticket"}}}}).with_links(job_links("/job_id"))}), submit_errors())}},
+            "/api/v1/classify/batch": {"post": {"operationId": "classifyBatch", "summary": "Submit 1..=MAX_BATCH_FILES images", "tags": ["jobs"],
                 "requestBody": multipart("files", true),
                 "responses": merge(json!({
                     "202": ok("At least one accepted; per-file jobs or errors", json!({"type": "object", "properties": {
-                        "accepted": {"type": "integer"}, "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/BatchItem"}}}})),
+                        "accepted": {"type": "integer"}, "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/BatchItem"}}}}))
+                        .with_links(job_links("/jobs/0/job_id")),
                     "400": error_ref("BATCH_REJECTED: no file accepted (the body adds `jobs` with each file's error)")}),
                     merge(submit_errors(), json!({"422": error_ref("VALIDATION_ERROR: no files, more than MAX_BATCH_FILES, bad option")})))}},
-            "/api/v1/predict": {"post": {"summary": "Classify one image synchronously", "tags": ["jobs"],
-                "requestBody": multipart("file", false),
+            "/api/v1/predict": {"post": {"operationId": "predict", "summary": "Classify one image synchronously", "tags": ["jobs"],
+                "requestBody": predict_form(),
                 "responses": merge(json!({"200": ok("Predictions", json!({"type": "object", "properties": {
                     "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}},
                     "processing_time": {"type": "number"}, "model_version": {"type": "string"},
                     "image_metadata": {"$ref": "#/components/schemas/ImageMetadata"}}}))}), submit_errors())}},
-            "/api/v1/status/{id}": {"get": {"summary": "Job status", "tags": ["jobs"],
-                "parameters": [id_param(), {"name": "include_metadata", "in": "query", "schema": {"type": "boolean"}}],
-                "responses": merge(json!({"200": ok("Status document", status_schema.clone())}), job_errors())}},
-            "/api/v1/status/{id}/ws": {"get": {"summary": "WebSocket: one status document (same JSON as GET /status) per change, pushed; closed with 1000 after a terminal state, 1001 at server shutdown, 1009 if the client sends a message over WS_MAX_MESSAGE_SIZE", "tags": ["jobs"],
-                "parameters": [id_param(), {"name": "include_metadata", "in": "query", "schema": {"type": "boolean"}}],
+            "/api/v1/status/{id}": {"get": {"operationId": "getStatus", "summary": "Job status", "tags": ["jobs"],
+                "parameters": [id_param(), include_metadata_param()],
+                "responses": merge(json!({"200": ok("Status document", status_schema.clone())}), status_errors())}},
+            "/api/v1/status/{id}/ws": {"get": {"operationId": "watchStatus", "summary": "WebSocket: one status document (same JSON as GET /status) per change, pushed; closed with 1000 after a terminal state, 1001 at server shutdown, 1009 if the client sends a message over WS_MAX_MESSAGE_SIZE", "tags": ["jobs"],
+                "parameters": websocket_params(),
                 "responses": merge(json!({"101": {"description": "Switching Protocols (WebSocket)"},
-                    "400": error_ref("BAD_REQUEST: not a WebSocket handshake")}), job_errors())}},
-            "/api/v1/result/{id}": {"get": {"summary": "Result of a completed job", "tags": ["jobs"], "parameters": [id_param()],
+                    "400": error_ref("BAD_REQUEST: not a WebSocket handshake")}), status_errors())}},
+            "/api/v1/result/{id}": {"get": {"operationId": "getResult", "summary": "Result of a completed job", "tags": ["jobs"], "parameters": [id_param()],
                 "responses": merge(json!({"200": ok("Result", json!({"$ref": "#/components/schemas/Result"})),
                     "409": error_ref("JOB_NOT_COMPLETED / JOB_FAILED / JOB_CANCELLED (body adds status)")}), job_errors())}},
-            "/api/v1/jobs/{id}": {"delete": {"summary": "Cancel a pending or processing job", "tags": ["jobs"], "parameters": [id_param()],
+            "/api/v1/jobs/{id}": {"delete": {"operationId": "cancelJob", "summary": "Cancel a pending or processing job", "tags": ["jobs"], "parameters": [id_param()],
                 "responses": merge(json!({"200": ok("Cancelled", json!({"type": "object", "properties": {
                     "job_id": {"type": "string"}, "status": {"const": "cancelled"}}})),
                     "409": error_ref("CONFLICT: the job already finished (body adds status)")}), job_errors())}},
@@ -158,7 +303,7 @@ pub fn document() -> Value {
             "/api/v1/admin/feedback/export": {"get": {"summary": "Every feedback entry as JSON Lines, oldest first, for retraining", "tags": ["admin", "feedback"],
                 "responses": merge(json!({"200": {"description": "One JSON object per line: job_id, predicted {class_id, class_name, confidence}, correct {class_id, class_name}, model_version, image_sha256, timestamp",
                     "content": {"application/x-ndjson": {}}}}), admin_errors())}},
-            "/api/v1/feedback": {"post": {"summary": "Send the correct label of one of your completed jobs (one entry per job; sending again replaces it)", "tags": ["feedback"],
+            "/api/v1/feedback": {"post": {"operationId": "sendFeedback", "summary": "Send the correct label of one of your completed jobs (one entry per job; sending again replaces it)", "tags": ["feedback"],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["job_id", "correct_label"], "properties": {
                     "job_id": {"type": "string", "format": "uuid"},
                     "correct_label": {"oneOf": [{"type": "integer", "minimum": 0}, {"type": "string"}], "description": "class id, or class name of the job's model"}}}}}},

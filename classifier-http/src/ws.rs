@@ -66,7 +66,7 @@ pub async fn upgrade(ctx: &Ctx, mut req: Request<Incoming>) -> Result<Response<B
     };
     let accept = derive_accept_key(key.as_bytes());
     visible_record(ctx, id).await?;
-    let include = query_flag(req.uri().query(), "include_metadata");
+    let include = query_flag(req.uri().query(), "include_metadata")?;
     let updates = ctx.state.service.subscribe(id).await?;
 
     // The open socket keeps its connection's MAX_CONNECTIONS slot (hyper lets go of an

@@ -22,12 +22,11 @@ pub fn limits(ctx: &Ctx) -> Limits {
     }
 }
 
-/// `model_version` checked against the manifest (`latest` or absent = the default).
+/// `model_version` checked against the manifest (`latest`, empty or absent = the default).
+/// The value must be a version exactly, as the OpenAPI document's enum lists them: a padded
+/// `" latest"` is a 422 like any other unknown version.
 pub fn check_model_version(ctx: &Ctx, requested: Option<String>) -> Result<Option<String>> {
-    let Some(v) = requested
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-    else {
+    let Some(v) = requested.filter(|v| !v.is_empty()) else {
         return Ok(None);
     };
     if v == "latest" {
@@ -45,21 +44,31 @@ pub fn check_model_version(ctx: &Ctx, requested: Option<String>) -> Result<Optio
     )))
 }
 
-/// The submit options from the form's option fields, each checked (422 on a bad one).
+/// The submit options from the form's option fields, each checked (422 on a bad one). An
+/// empty field is the same as an absent one (an HTML form sends its empty inputs); values are
+/// taken exactly as sent, not trimmed, as the OpenAPI document describes them.
 pub async fn submit_options(ctx: &Ctx, fields: OptionFields) -> Result<SubmitOptions> {
-    let priority = match fields.priority.as_deref().map(str::trim) {
+    let priority = match fields.priority.as_deref() {
         None | Some("") => Priority::default(),
-        Some(p) => p.parse::<Priority>().map_err(|_| {
-            Error::Validation(format!(
-                "priority must be one of low, normal, high, urgent; got {:?}",
-                crate::router::truncate(p, 32)
-            ))
-        })?,
+        Some(p) => Priority::ALL
+            .into_iter()
+            .find(|known| known.as_str() == p)
+            .ok_or_else(|| {
+                Error::Validation(format!(
+                    "priority must be one of low, normal, high, urgent; got {:?}",
+                    crate::router::truncate(p, 32)
+                ))
+            })?,
     };
     let model_version = check_model_version(ctx, fields.model_version)?;
-    let callback_url = match fields.callback_url.map(|u| u.trim().to_string()) {
+    let callback_url = match fields.callback_url {
         None => None,
         Some(u) if u.is_empty() => None,
+        Some(u) if u.trim() != u => {
+            return Err(Error::Validation(
+                "callback_url has leading or trailing whitespace".into(),
+            ))
+        }
         Some(u) => {
             validate_callback_url(&u, ctx.state.config.webhook.allow_private)
                 .await
@@ -69,7 +78,7 @@ pub async fn submit_options(ctx: &Ctx, fields: OptionFields) -> Result<SubmitOpt
     };
     let metadata = match fields.metadata {
         None => None,
-        Some(m) if m.trim().is_empty() => None,
+        Some(m) if m.is_empty() => None,
         Some(m) => {
             if m.len() > MAX_METADATA_BYTES {
                 return Err(Error::Validation(format!(

@@ -11,8 +11,8 @@ use crate::response::{json_response, Body};
 /// The status document (`?include_metadata=true` adds the client's metadata).
 pub async fn status(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>> {
     let id = job_id(ctx)?;
+    let include = query_flag(req.uri().query(), "include_metadata")?;
     let record = visible_record(ctx, id).await?;
-    let include = query_flag(req.uri().query(), "include_metadata");
     Ok(json_response(
         StatusCode::OK,
         &record.status_document(include),

@@ -39,10 +39,54 @@ pub async fn visible_record(ctx: &Ctx, id: JobId) -> Result<JobRecord> {
     }
 }
 
-/// True if the query string has `name=true` (or `1`, `yes`).
-pub fn query_flag(query: Option<&str>, name: &str) -> bool {
-    query.unwrap_or("").split('&').any(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
-        k == name && matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes")
-    })
+/// A boolean query parameter: `name=true` or a bare `name` is true, `name=false` or no `name`
+/// is false (the last occurrence wins). Any other value is a 422: the OpenAPI document
+/// declares the parameter a boolean, so `name=1` or `name=yes` is not silently read as false.
+pub fn query_flag(query: Option<&str>, name: &str) -> Result<bool> {
+    let mut flag = false;
+    for pair in query.unwrap_or("").split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, "true"));
+        if key != name {
+            continue;
+        }
+        flag = match value {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(Error::Validation(format!(
+                    "{name} must be true or false; got {:?}",
+                    crate::router::truncate(other, 32)
+                )))
+            }
+        };
+    }
+    Ok(flag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_flag;
+
+    #[test]
+    fn a_flag_is_true_or_false_and_anything_else_is_refused() {
+        let flag = |q: &str| query_flag(Some(q), "include_metadata").map_err(|e| e.to_string());
+        assert_eq!(query_flag(None, "include_metadata").ok(), Some(false));
+        assert_eq!(flag("").ok(), Some(false));
+        assert_eq!(flag("other=1").ok(), Some(false));
+        assert_eq!(flag("include_metadata=true").ok(), Some(true));
+        assert_eq!(flag("include_metadata").ok(), Some(true));
+        assert_eq!(flag("include_metadata=false").ok(), Some(false));
+        assert_eq!(flag("a=b&include_metadata=true").ok(), Some(true));
+        assert_eq!(
+            flag("include_metadata=true&include_metadata=false").ok(),
+            Some(false)
+        );
+        for bad in ["1", "0", "yes", "TRUE", "", "tru"] {
+            let err = flag(&format!("include_metadata={bad}")).expect_err(bad);
+            assert!(
+                err.contains("include_metadata must be true or false"),
+                "{bad}: {err}"
+            );
+        }
+    }
 }

@@ -10,9 +10,13 @@ pub fn demo() -> Response<Body> {
     with_type(StatusCode::OK, DEMO_HTML.into(), "text/html; charset=utf-8")
 }
 
-/// `GET /openapi.json`.
-pub fn openapi() -> Response<Body> {
-    json_response(StatusCode::OK, &crate::openapi::document())
+/// `GET /openapi.json`: the document of this server (auth on or off, its model versions; see
+/// [`crate::openapi::document_for`]).
+pub fn openapi(auth_enabled: bool, model_versions: &[String]) -> Response<Body> {
+    json_response(
+        StatusCode::OK,
+        &crate::openapi::document_for(auth_enabled, model_versions),
+    )
 }
 
 const DEMO_HTML: &str = r#"<!doctype html>
