@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # API conformance: run schemathesis (every check, the coverage, fuzzing and stateful phases)
 # against a release server on the in-memory backend, once with API keys and once with auth
-# off, and fail if it finds anything. Not part of `cargo test` (it needs Python and a
+# off, then (if a Redis answers at REDIS_URL, default redis://127.0.0.1:6379) once more on the
+# Redis backend under a key prefix of its own, deleted afterwards; fail if it finds anything. Not part of `cargo test` (it needs Python and a
 # schemathesis from PyPI); run it after changing a route or the OpenAPI document.
 #
 #   pip install schemathesis     # once
@@ -32,4 +33,13 @@ run() { # run NAME PORT KEY ENV... : start a server with ENV, run schemathesis (
 extra=("$@")
 run auth-on "$port_base" conformance-admin API_KEYS=conformance-user ADMIN_API_KEYS=conformance-admin
 run auth-off "$((port_base + 1))" ""
+redis_url=${REDIS_URL:-redis://127.0.0.1:6379}
+if command -v redis-cli > /dev/null && [ "$(redis-cli -u "$redis_url" ping 2>/dev/null)" = PONG ]; then
+    prefix="conformance-$$"
+    run redis "$((port_base + 2))" conformance-admin API_KEYS=conformance-user \
+        ADMIN_API_KEYS=conformance-admin REDIS_URL="$redis_url" REDIS_PREFIX="$prefix"
+    redis-cli -u "$redis_url" --scan --pattern "{$prefix}*" | xargs -r redis-cli -u "$redis_url" del > /dev/null
+else
+    echo "== no Redis answers at $redis_url: the Redis backend was not checked" >&2
+fi
 exit $status
