@@ -749,6 +749,110 @@ fn transpose4(m: &[[f32; 4]; 4]) -> [[f32; 4]; 4] {
     std::array::from_fn(|j| std::array::from_fn(|i| m[i][j]))
 }
 
+/// [`idct_4x4`] of two horizontally adjacent blocks at once (`out` receives 8 pixels per
+/// line), in 8-lane AVX vectors: block `a` in the low 128-bit half, `b` in the high one. Every
+/// lane goes through exactly the operations of [`idct_4x4`] in the same order (separate
+/// multiplies and adds, as Rust compiles the scalar code, no fused multiply-add), so the
+/// pixels are identical.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn idct_4x4_pair_avx2(
+    a: &[i32],
+    b: &[i32],
+    scale: &[[f32; 4]; 4],
+    out: &mut [u8],
+    stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let (Some(a), Some(b)) = (a.get(..16), b.get(..16)) else {
+        return;
+    };
+    if out.len() < 3 * stride + 8 {
+        return;
+    }
+    // r[v] = [a[v][0..4] | b[v][0..4]] * scale[v], as floats.
+    let r: [__m256; 4] = std::array::from_fn(|v| {
+        // SAFETY: a and b hold 16 values, v < 4 (unaligned loads of 4 i32 each).
+        let (lo, hi) = unsafe {
+            (
+                _mm_loadu_si128(a.as_ptr().add(4 * v).cast()),
+                _mm_loadu_si128(b.as_ptr().add(4 * v).cast()),
+            )
+        };
+        let s = _mm_loadu_ps(scale[v].as_ptr());
+        _mm256_mul_ps(
+            _mm256_cvtepi32_ps(_mm256_set_m128i(hi, lo)),
+            _mm256_set_m128(s, s),
+        )
+    });
+    let butterfly = |r: [__m256; 4]| -> [__m256; 4] {
+        let k = _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2);
+        let c1 = _mm256_set1_ps(0.923_879_5);
+        let c3 = _mm256_set1_ps(0.382_683_43);
+        let e0 = _mm256_add_ps(r[0], _mm256_mul_ps(k, r[2]));
+        let e1 = _mm256_sub_ps(r[0], _mm256_mul_ps(k, r[2]));
+        let o0 = _mm256_add_ps(_mm256_mul_ps(c1, r[1]), _mm256_mul_ps(c3, r[3]));
+        let o1 = _mm256_sub_ps(_mm256_mul_ps(c3, r[1]), _mm256_mul_ps(c1, r[3]));
+        [
+            _mm256_add_ps(e0, o0),
+            _mm256_add_ps(e1, o1),
+            _mm256_sub_ps(e1, o1),
+            _mm256_sub_ps(e0, o0),
+        ]
+    };
+    // A 4x4 transpose within each 128-bit half (both blocks at once).
+    let transpose = |m: [__m256; 4]| -> [__m256; 4] {
+        let t0 = _mm256_unpacklo_ps(m[0], m[1]);
+        let t1 = _mm256_unpackhi_ps(m[0], m[1]);
+        let t2 = _mm256_unpacklo_ps(m[2], m[3]);
+        let t3 = _mm256_unpackhi_ps(m[2], m[3]);
+        [
+            _mm256_shuffle_ps::<0x44>(t0, t2),
+            _mm256_shuffle_ps::<0xEE>(t0, t2),
+            _mm256_shuffle_ps::<0x44>(t1, t3),
+            _mm256_shuffle_ps::<0xEE>(t1, t3),
+        ]
+    };
+    let o = transpose(butterfly(transpose(butterfly(r))));
+    // Round and clamp as idct_4x4 does; the pixel is the low byte of the float's bits.
+    let (bias, low, high) = (
+        _mm256_set1_ps(128.0 + MAGIC),
+        _mm256_set1_ps(MAGIC),
+        _mm256_set1_ps(MAGIC + 255.0),
+    );
+    let byte = _mm256_set1_epi32(0xFF);
+    let px: [__m256i; 4] = std::array::from_fn(|y| {
+        let v = _mm256_max_ps(_mm256_min_ps(_mm256_add_ps(o[y], bias), high), low);
+        _mm256_and_si256(_mm256_castps_si256(v), byte)
+    });
+    // Per half: rows 0-3 of that block as 16 bytes (4 per row).
+    let bytes = _mm256_packus_epi16(
+        _mm256_packus_epi32(px[0], px[1]),
+        _mm256_packus_epi32(px[2], px[3]),
+    );
+    let (lo, hi) = (
+        _mm256_castsi256_si128(bytes),
+        _mm256_extracti128_si256::<1>(bytes),
+    );
+    // Rows y: a's 4 bytes then b's 4 bytes.
+    let rows01 = _mm_unpacklo_epi32(lo, hi);
+    let rows23 = _mm_unpackhi_epi32(lo, hi);
+    let lines = [
+        _mm_cvtsi128_si64(rows01),
+        _mm_extract_epi64::<1>(rows01),
+        _mm_cvtsi128_si64(rows23),
+        _mm_extract_epi64::<1>(rows23),
+    ];
+    for (y, line) in lines.into_iter().enumerate() {
+        if let Some(dst) = out.get_mut(y * stride..y * stride + 8) {
+            dst.copy_from_slice(&line.to_le_bytes());
+        }
+    }
+}
+
 /// Per-coefficient factors for [`idct_4x4`]: with `a[u] = matrix[0][u] / cos(u pi / 8)` (the
 /// matrix of [`idct_matrix`]`(4)` is `a[u] * cos((2x + 1) u pi / 8)`), `a[v] * a[u]`.
 fn butterfly_scale() -> [[f32; 4]; 4] {
@@ -953,7 +1057,7 @@ pub(crate) fn decode(bytes: &[u8], denom: usize, max_alloc: u64) -> Res<Scaled> 
             match (c.bw, c.bh) {
                 (1, 1) => idct_row::<1, 1>(c, blocks_x, row_w),
                 (2, 2) => idct_row::<2, 2>(c, blocks_x, row_w),
-                (4, 4) => idct_row::<4, 4>(c, blocks_x, row_w),
+                (4, 4) => idct_row_4x4(c, blocks_x, row_w),
                 (8, 8) => idct_row::<8, 8>(c, blocks_x, row_w),
                 (2, 1) => idct_row::<2, 1>(c, blocks_x, row_w),
                 (1, 2) => idct_row::<1, 2>(c, blocks_x, row_w),
@@ -997,31 +1101,88 @@ pub(crate) fn decode(bytes: &[u8], denom: usize, max_alloc: u64) -> Res<Scaled> 
 /// Reduced IDCT of every block of one MCU row of component `c` into `c.pixels`.
 fn idct_row<const BW: usize, const BH: usize>(c: &mut Comp<'_>, blocks_x: usize, row_w: usize) {
     let len = BW * BH + 1;
-    let (mwt, mh) = (c.mwt, c.mh);
     for by in 0..c.v {
         for bx in 0..blocks_x {
             let b = by * blocks_x + bx;
-            let Some(coef) = c.coefs.get(b * len..b * len + BW * BH) else {
+            let (Some(coef), Some(out)) = (
+                c.coefs.get(b * len..b * len + BW * BH),
+                c.pixels.get_mut(by * BH * row_w + bx * BW..),
+            ) else {
                 return;
             };
-            let Some(out) = c.pixels.get_mut(by * BH * row_w + bx * BW..) else {
-                return;
-            };
-            // (An OR over all of them vectorizes; an early-exit search does not.)
-            if coef.iter().skip(1).fold(0, |any, &v| any | v) == 0 {
-                // Only the DC term: a flat block of its mean.
-                let dc = (coef[0] as f32 * 0.125 + 128.5).clamp(0.0, 255.0) as u8;
-                for line in out.chunks_mut(row_w).take(BH) {
-                    if let Some(line) = line.get_mut(..BW) {
-                        line.fill(dc);
+            idct_one::<BW, BH>(coef, (&c.mwt, &c.mh, &c.scale4), out, row_w);
+        }
+    }
+}
+
+/// [`idct_row`] for 4x4 blocks (1/2 scale): on a CPU with AVX2, two horizontally adjacent
+/// blocks that both need the whole IDCT go through [`idct_4x4_pair_avx2`] together.
+fn idct_row_4x4(c: &mut Comp<'_>, blocks_x: usize, row_w: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        const LEN: usize = 17;
+        for by in 0..c.v {
+            let mut bx = 0;
+            while bx < blocks_x {
+                let b = by * blocks_x + bx;
+                let (Some(coefs), Some(out)) = (
+                    c.coefs
+                        .get(b * LEN..(b + 2).min(by * blocks_x + blocks_x) * LEN),
+                    c.pixels.get_mut(by * 4 * row_w + bx * 4..),
+                ) else {
+                    return;
+                };
+                if let (Some(a), Some(next)) = (coefs.get(..16), coefs.get(LEN..LEN + 16)) {
+                    if !dc_only(a) && !dc_only(next) {
+                        // SAFETY: AVX2 was detected above.
+                        unsafe { idct_4x4_pair_avx2(a, next, &c.scale4, out, row_w) };
+                        bx += 2;
+                        continue;
                     }
                 }
-            } else if BW == 4 && BH == 4 {
-                idct_4x4(coef, &c.scale4, out, row_w);
-            } else {
-                idct_block::<BW, BH>(coef, &mwt, &mh, out, row_w);
+                if let Some(a) = coefs.get(..16) {
+                    idct_one::<4, 4>(a, (&c.mwt, &c.mh, &c.scale4), out, row_w);
+                }
+                bx += 1;
             }
         }
+        return;
+    }
+    idct_row::<4, 4>(c, blocks_x, row_w);
+}
+
+/// True if a block has only its DC coefficient (a flat block).
+#[inline(always)]
+fn dc_only(coef: &[i32]) -> bool {
+    // (An OR over all of them vectorizes; an early-exit search does not.)
+    coef.iter().skip(1).fold(0, |any, &v| any | v) == 0
+}
+
+/// A component's IDCT tables: the matrices `(mwt, mh)` of [`idct_block`] and the butterfly
+/// factors of [`idct_4x4`].
+type IdctTables<'a> = (&'a [[f32; 8]; 8], &'a [[f32; 8]; 8], &'a [[f32; 4]; 4]);
+
+/// Reduced IDCT of one block (`coef`, `BW * BH` dequantized coefficients) into `out` (row
+/// stride `stride`) with the component's tables.
+#[inline(always)]
+fn idct_one<const BW: usize, const BH: usize>(
+    coef: &[i32],
+    (mwt, mh, scale4): IdctTables<'_>,
+    out: &mut [u8],
+    stride: usize,
+) {
+    if dc_only(coef) {
+        // Only the DC term: a flat block of its mean.
+        let dc = (coef[0] as f32 * 0.125 + 128.5).clamp(0.0, 255.0) as u8;
+        for line in out.chunks_mut(stride).take(BH) {
+            if let Some(line) = line.get_mut(..BW) {
+                line.fill(dc);
+            }
+        }
+    } else if BW == 4 && BH == 4 {
+        idct_4x4(coef, scale4, out, stride);
+    } else {
+        idct_block::<BW, BH>(coef, mwt, mh, out, stride);
     }
 }
 
@@ -1302,6 +1463,47 @@ mod tests {
             }
             // The point of the table: many patterns hold more than one code.
             assert!(multi > 1000, "{multi} multi-code entries");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_pair_idct_gives_exactly_the_pixels_of_two_single_ones() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("no AVX2 on this CPU: the pair IDCT is never used here");
+            return;
+        }
+        let scale = butterfly_scale();
+        let mut seed = 0x1319_8A2E_0370_7344u64;
+        let mut next = |range: i64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % (2 * range as u64 + 1)) as i32 - range as i32
+        };
+        for case in 0..5000 {
+            // Real-looking coefficients, and now and then huge ones that clamp at 0 and 255.
+            let big = case % 10 == 0;
+            let block: Vec<i32> = (0..32)
+                .map(|i| {
+                    let range = if big {
+                        20_000
+                    } else if i % 16 == 0 {
+                        2048
+                    } else {
+                        300 >> (i % 16 / 4)
+                    };
+                    next(range)
+                })
+                .collect();
+            let (a, b) = block.split_at(16);
+            let stride = 11;
+            let (mut single, mut pair) = ([7u8; 4 * 11], [7u8; 4 * 11]);
+            idct_4x4(a, &scale, &mut single, stride);
+            idct_4x4(b, &scale, &mut single[4..], stride);
+            // SAFETY: AVX2 was detected above.
+            unsafe { idct_4x4_pair_avx2(a, b, &scale, &mut pair, stride) };
+            assert_eq!(single, pair, "{a:?} {b:?}");
         }
     }
 
