@@ -49,12 +49,12 @@ fn websocket_params() -> Value {
         header(
             "Connection",
             json!({"type": "string", "enum": ["Upgrade"]}),
-            "a token list that includes Upgrade"
+            "Upgrade (a token list that includes it, such as \"keep-alive, Upgrade\", is accepted too)"
         ),
         header(
             "Upgrade",
             json!({"type": "string", "enum": ["websocket"]}),
-            "websocket"
+            "websocket (in any case)"
         ),
         header(
             "Sec-WebSocket-Version",
