@@ -18,16 +18,10 @@ fn ok(description: &str, schema: Value) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": schema}}})
 }
 
-/// A response object with OpenAPI links added.
-trait WithLinks {
-    fn with_links(self, links: Value) -> Value;
-}
-
-impl WithLinks for Value {
-    fn with_links(mut self, links: Value) -> Value {
-        self["links"] = links;
-        self
-    }
+/// `response` (an OpenAPI response object) with `links` added.
+fn with_links(mut response: Value, links: Value) -> Value {
+    response["links"] = links;
+    response
 }
 
 fn id_param() -> Value {
@@ -253,15 +247,15 @@ fn full_document() -> Value {
                     json!({"401": error_ref("UNAUTHORIZED"), "429": error_ref("RATE_LIMITED")}))}},
             "/api/v1/classify": {"post": {"operationId": "classify", "summary": "Submit one image; returns at once", "tags": ["jobs"],
                 "requestBody": multipart("file", false),
-                "responses": merge(json!({"202": json!({"description": "Accepted",
+                "responses": merge(json!({"202": with_links(json!({"description": "Accepted",
                     "headers": {"Location": {"schema": {"type": "string"}, "description": "/api/v1/status/{job_id}"}},
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Ticket"}}}}).with_links(job_links("/job_id"))}), submit_errors())}},
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Ticket"}}}}), job_links("/job_id"))}), submit_errors())}},
             "/api/v1/classify/batch": {"post": {"operationId": "classifyBatch", "summary": "Submit 1..=MAX_BATCH_FILES images", "tags": ["jobs"],
                 "requestBody": multipart("files", true),
                 "responses": merge(json!({
-                    "202": ok("At least one accepted; per-file jobs or errors", json!({"type": "object", "properties": {
-                        "accepted": {"type": "integer"}, "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/BatchItem"}}}}))
-                        .with_links(job_links("/jobs/0/job_id")),
+                    "202": with_links(ok("At least one accepted; per-file jobs or errors", json!({"type": "object", "properties": {
+                        "accepted": {"type": "integer"}, "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/BatchItem"}}}})),
+                        job_links("/jobs/0/job_id")),
                     "400": error_ref("BATCH_REJECTED: no file accepted (the body adds `jobs` with each file's error)")}),
                     merge(submit_errors(), json!({"422": error_ref("VALIDATION_ERROR: no files, more than MAX_BATCH_FILES, bad option")})))}},
             "/api/v1/predict": {"post": {"operationId": "predict", "summary": "Classify one image synchronously", "tags": ["jobs"],

@@ -770,9 +770,6 @@ unsafe fn idct_4x4_pair_avx2(
     let (Some(a), Some(b)) = (a.get(..16), b.get(..16)) else {
         return;
     };
-    if out.len() < 3 * stride + 8 {
-        return;
-    }
     // r[v] = [a[v][0..4] | b[v][0..4]] * scale[v], as floats.
     let r: [__m256; 4] = std::array::from_fn(|v| {
         // SAFETY: a and b hold 16 values, v < 4 (unaligned loads of 4 i32 each).
@@ -1120,7 +1117,8 @@ fn idct_row<const BW: usize, const BH: usize>(c: &mut Comp<'_>, blocks_x: usize,
 fn idct_row_4x4(c: &mut Comp<'_>, blocks_x: usize, row_w: usize) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
-        const LEN: usize = 17;
+        // A block's 16 coefficients and one spare, as in `idct_row`.
+        const LEN: usize = 4 * 4 + 1;
         for by in 0..c.v {
             let mut bx = 0;
             while bx < blocks_x {
