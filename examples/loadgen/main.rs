@@ -16,17 +16,22 @@
 //!
 //! The load generator shares the machine with the server it measures, so it runs on a
 //! current-thread runtime: every virtual user is a task on one thread, which takes about a
-//! tenth less CPU per job than tokio's two-worker default (no wake-ups across threads).
+//! tenth less CPU per job than tokio's two-worker default (no wake-ups across threads). Each
+//! user keeps one HTTP/1.1 connection for its uploads and GETs and opens one WebSocket per job
+//! (`client.rs`); a job that takes longer than two minutes counts as an error.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
 use clap::Parser;
-use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+
+mod client;
+use client::{Target, UserClient};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Closed-loop load generator for the classifier HTTP API")]
@@ -63,6 +68,9 @@ struct Args {
     same_bytes: bool,
 }
 
+/// A job not done after this long counts as an error (the user then starts another).
+const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
 #[derive(Default)]
 struct Stats {
     e2e: Vec<f64>,
@@ -91,21 +99,22 @@ async fn main() -> anyhow::Result<()> {
             .find("imagenet_classes.txt")?
             .with_file_name("samples/chelsea.png"),
     };
-    let image = bytes::Bytes::from(std::fs::read(&image_path)?);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency * 2)
-        .timeout(Duration::from_secs(120))
-        .build()?;
+    let image = Bytes::from(std::fs::read(&image_path)?);
+    let target = Target::new(&args.url, args.api_key.as_deref(), image).await?;
     let stats = Arc::new(Mutex::new(Stats::default()));
     let measure_from = Instant::now() + Duration::from_secs(args.warmup);
     let deadline = measure_from + Duration::from_secs(args.duration);
     let mut users = Vec::new();
     for _ in 0..args.concurrency {
-        let (args, client, image, stats) =
-            (args.clone(), client.clone(), image.clone(), stats.clone());
+        let (args, stats) = (args.clone(), stats.clone());
+        let mut client = UserClient::new(target.clone());
         users.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                if let Err(what) = one_job(&args, &client, &image, &stats, measure_from).await {
+                let job = one_job(&args, &mut client, &stats, measure_from);
+                let outcome = tokio::time::timeout(JOB_TIMEOUT, job)
+                    .await
+                    .unwrap_or_else(|_| Err("timeout".to_string()));
+                if let Err(what) = outcome {
                     if Instant::now() >= measure_from {
                         *stats.lock().unwrap().errors.entry(what).or_default() += 1;
                     }
@@ -161,90 +170,48 @@ async fn main() -> anyhow::Result<()> {
 
 async fn one_job(
     args: &Args,
-    client: &reqwest::Client,
-    image: &bytes::Bytes,
+    client: &mut UserClient,
     stats: &Mutex<Stats>,
     measure_from: Instant,
 ) -> Result<(), String> {
-    let with_key = |r: reqwest::RequestBuilder| match &args.api_key {
-        Some(k) => r.header("X-API-Key", k),
-        None => r,
-    };
     let t0 = Instant::now();
-    // The upload streams the shared image bytes and a small trailer as two chunks, so the
-    // client copies nothing per upload (it shares the machine with the server it measures).
-    let mut chunks = vec![image.clone()];
-    if !args.same_bytes {
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // The upload is the shared image plus, by default, a unique 16-byte trailer after it.
+    let trailer = if args.same_bytes {
+        Bytes::new()
+    } else {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
         let mut trailer = Vec::with_capacity(16);
         trailer.extend_from_slice(&n.to_le_bytes());
-        trailer.extend_from_slice(&std::process::id().to_le_bytes());
+        trailer.extend_from_slice(&process_id().to_le_bytes());
         trailer.extend_from_slice(b"load");
-        chunks.push(trailer.into());
-    }
-    let length = chunks.iter().map(|c| c.len() as u64).sum();
-    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(
-        chunks.into_iter().map(Ok::<_, std::io::Error>),
-    ));
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::stream_with_length(body, length).file_name("image"),
-    );
-    let resp = with_key(
-        client
-            .post(format!("{}/api/v1/classify", args.url))
-            .multipart(form),
-    )
-    .send()
-    .await
-    .map_err(|e| format!("submit: {e}"))?;
+        trailer.into()
+    };
+    let reply = client
+        .upload(trailer)
+        .await
+        .map_err(|e| format!("submit: {e}"))?;
     let accept = t0.elapsed().as_secs_f64();
-    if resp.status().as_u16() != 202 {
-        return Err(format!("submit {}", resp.status().as_u16()));
+    if reply.status != 202 {
+        return Err(format!("submit {}", reply.status));
     }
-    let ticket: serde_json::Value = resp.json().await.map_err(|e| format!("submit body: {e}"))?;
-    let id = ticket["job_id"].as_str().ok_or("no job_id")?.to_string();
+    let id = client::job_id_of(&reply.body)?;
     let t1 = Instant::now();
     let status = if args.ws {
-        let ws_url = format!(
-            "{}/api/v1/status/{id}/ws",
-            args.url.replacen("http", "ws", 1)
-        );
-        // Status messages are a few hundred bytes: read them through a 4 KiB buffer
-        // (tungstenite's default allocates and zeroes 128 KiB per socket, one socket per job:
-        // 6 % of this client's CPU).
-        let config = WebSocketConfig::default().read_buffer_size(4096);
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async_with_config(ws_url.as_str(), Some(config), false)
-                .await
-                .map_err(|e| format!("ws: {e}"))?;
-        let mut last = String::new();
-        while let Some(msg) = ws.next().await {
-            match msg {
-                Ok(Message::Text(t)) => {
-                    let doc: serde_json::Value =
-                        serde_json::from_str(&t).map_err(|e| e.to_string())?;
-                    last = doc["status"].as_str().unwrap_or("").to_string();
-                }
-                Ok(Message::Close(_)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-        last
+        client.watch(&id).await?
     } else {
+        let path = format!("/api/v1/status/{id}");
         loop {
-            let resp = with_key(client.get(format!("{}/api/v1/status/{id}", args.url)))
-                .send()
+            let reply = client
+                .get(&path)
                 .await
                 .map_err(|e| format!("status: {e}"))?;
-            if resp.status().as_u16() != 200 {
-                return Err(format!("status {}", resp.status().as_u16()));
+            if reply.status != 200 {
+                return Err(format!("status {}", reply.status));
             }
-            let doc: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
-            let s = doc["status"].as_str().unwrap_or("").to_string();
-            if matches!(s.as_str(), "completed" | "failed" | "cancelled") {
-                break s;
+            let status = client::status_of(&reply.body)?;
+            if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
+                break status;
             }
             tokio::time::sleep(Duration::from_millis(args.poll_ms)).await;
         }
@@ -253,14 +220,13 @@ async fn one_job(
         return Err(format!("job {status}"));
     }
     let t2 = Instant::now();
-    let resp = with_key(client.get(format!("{}/api/v1/result/{id}", args.url)))
-        .send()
+    let reply = client
+        .get(&format!("/api/v1/result/{id}"))
         .await
         .map_err(|e| format!("result: {e}"))?;
-    if resp.status().as_u16() != 200 {
-        return Err(format!("result {}", resp.status().as_u16()));
+    if reply.status != 200 {
+        return Err(format!("result {}", reply.status));
     }
-    let _ = resp.bytes().await;
     if t0 < measure_from {
         // Started during the warm-up: not counted.
         return Ok(());
@@ -271,4 +237,10 @@ async fn one_job(
     s.fetch.push(t2.elapsed().as_secs_f64());
     s.e2e.push(t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// This process's id (asked once: it goes into every upload's trailer).
+fn process_id() -> u32 {
+    static ID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ID.get_or_init(std::process::id)
 }
