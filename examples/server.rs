@@ -112,6 +112,7 @@ async fn run(config: Config, redis_prefix: String) -> anyhow::Result<()> {
         builder.inference_nice(config.inference_nice)
     };
     builder = builder.inference_assist(config.inference_assist);
+    builder = builder.model_reload_poll(config.model_reload_poll()?);
     let service = builder.build().await?;
 
     let listener = tokio::net::TcpListener::bind(addr).await?;

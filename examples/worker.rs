@@ -9,8 +9,13 @@
 //! one Redis as long as they use the same `REDIS_PREFIX`. Settings are environment variables
 //! overridden by flags of the same meaning (`--help`): `REDIS_URL` (required),
 //! `REDIS_PREFIX`, `WORKERS` (inference threads, default = cores), `MODEL_DIR`,
-//! `DEFAULT_MODEL_VERSION`, `MODEL_CACHE_SIZE`, `VISIBILITY_TIMEOUT_SECS` (lease length: a
-//! killed worker's jobs are redelivered after it), the TTLs, `LOG_LEVEL` and `LOG_FORMAT`.
+//! `DEFAULT_MODEL_VERSION`, `MODEL_MANIFEST`, `MODEL_CACHE_SIZE`, `MODEL_RELOAD_POLL_SECS`,
+//! `VISIBILITY_TIMEOUT_SECS` (lease length: a killed worker's jobs are redelivered after it),
+//! the TTLs, `LOG_LEVEL` and `LOG_FORMAT`.
+//!
+//! A `POST /api/v1/admin/models/reload` on any server sharing the prefix reaches this worker
+//! too: it looks every `MODEL_RELOAD_POLL_SECS` (default 5) and then re-reads its own
+//! manifest, with the same zero-downtime swap as the server.
 //!
 //! Runs until SIGINT/SIGTERM, then calls `Service::shutdown`: jobs in flight get
 //! `SHUTDOWN_GRACE` seconds to finish, the rest are released back to the queue.
@@ -51,6 +56,18 @@ struct WorkerConfig {
     /// Model version used for "latest" (default: the manifest's default).
     #[arg(long = "default-model-version", env = "DEFAULT_MODEL_VERSION")]
     default_model_version: Option<String>,
+    /// Model manifest file, re-read when any process sharing the Redis prefix reloads its
+    /// models (default: the first `manifest.toml` on the model search path).
+    #[arg(long = "model-manifest", env = "MODEL_MANIFEST")]
+    model_manifest: Option<String>,
+    /// Seconds between looks for a model reload announced by another process sharing the
+    /// Redis prefix (`POST /admin/models/reload` on any server); 0 turns following off.
+    #[arg(
+        long = "model-reload-poll",
+        env = "MODEL_RELOAD_POLL_SECS",
+        default_value_t = 5.0
+    )]
+    model_reload_poll_secs: f64,
     /// Model versions kept loaded (LRU).
     #[arg(
         long = "model-cache-size",
@@ -150,7 +167,13 @@ async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         .locator(ModelLocator::with_dirs(locator_dirs))
         .model_cache_size(config.model_cache_size)
         .workers(config.workers.unwrap_or(cores))
-        .shutdown_grace(grace);
+        .shutdown_grace(grace)
+        .model_reload_poll(classifier_http::config::model_reload_poll(
+            config.model_reload_poll_secs,
+        )?);
+    if let Some(path) = &config.model_manifest {
+        builder = builder.manifest_path(path);
+    }
     if let Some(v) = &config.default_model_version {
         builder = builder.default_model(v.clone());
     }

@@ -14,7 +14,10 @@
 //! - `sigterm_releases_or_finishes_jobs`: workers stopped with SIGTERM finish or release their
 //!   jobs; a fresh worker completes the rest;
 //! - `redis_restart_with_aof`: Redis is killed and restarted on the same AOF directory while
-//!   jobs are queued; clients only see 503s meanwhile, and every accepted job completes.
+//!   jobs are queued; clients only see 503s meanwhile, and every accepted job completes;
+//! - `a_model_reload_on_one_api_reaches_every_process`: `POST /admin/models/reload` on one API
+//!   makes the other API and the worker re-read their manifest; new "latest" jobs then run on
+//!   the new default.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -105,6 +108,8 @@ struct Cluster {
     prefix: String,
     children: Vec<(String, Child)>,
     apis: Vec<String>,
+    /// Environment given to every process started from now on.
+    common_env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -125,6 +130,7 @@ impl Cluster {
             prefix: format!("scaleout{name}"),
             children: Vec::new(),
             apis: Vec::new(),
+            common_env: Vec::new(),
         };
         cluster.start_redis();
         cluster
@@ -182,6 +188,9 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
+        for (k, v) in &self.common_env {
+            cmd.env(k, v);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -561,4 +570,90 @@ async fn redis_restart_with_aof() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     wait_all(&api, &[more]).await;
+}
+
+/// The repository's model manifest with `default = "<default>"`, written (then renamed into
+/// place, so no process reads half a file) to `path`.
+fn write_manifest(path: &Path, default: &str) {
+    let base = std::fs::read_to_string(root().join("models/manifest.toml")).expect("manifest");
+    let mut text = String::new();
+    for line in base.lines() {
+        if line.starts_with("default = ") {
+            text.push_str(&format!("default = \"{default}\"\n"));
+        } else {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write manifest");
+    std::fs::rename(&tmp, path).expect("rename manifest");
+}
+
+async fn default_model(client: &reqwest::Client, api: &str) -> String {
+    let (status, body) = get(client, format!("{api}/api/v1/models")).await;
+    assert_eq!(status, 200, "GET /models: {body}");
+    body["default"].as_str().unwrap_or_default().to_string()
+}
+
+/// One reload, every process: the API it was called on answers with the new default, the
+/// other API and the worker (which has no HTTP endpoint) follow within their poll interval,
+/// and a "latest" job submitted afterwards runs on the new default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_reload_on_one_api_reaches_every_process() {
+    const OLD: &str = "shufflenet-v2-f32";
+    const NEW: &str = "mobilenetv2-f32";
+    let mut c = Cluster::new("reload");
+    let manifest = c.dir.join("manifest.toml");
+    write_manifest(&manifest, OLD);
+    c.common_env = vec![
+        ("MODEL_MANIFEST".into(), manifest.display().to_string()),
+        ("MODEL_RELOAD_POLL_SECS".into(), "0.2".into()),
+    ];
+    let a1 = c.start_api("api1").await;
+    let a2 = c.start_api("api2").await;
+    c.start_worker("worker1", 30);
+    c.wait_log("worker1", "worker running").await;
+    let client = client();
+    assert_eq!(default_model(&client, &a2).await, OLD);
+
+    write_manifest(&manifest, NEW);
+    let r = client
+        .post(format!("{a1}/api/v1/admin/models/reload"))
+        .send()
+        .await
+        .expect("reload request");
+    let status = r.status().as_u16();
+    let report: Value = r.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 200, "reload: {report}");
+    assert_eq!(report["default"], NEW, "{report}");
+    assert_eq!(default_model(&client, &a1).await, NEW);
+
+    // The other API follows by itself (nobody called it)...
+    let start = Instant::now();
+    while default_model(&client, &a2).await != NEW {
+        assert!(start.elapsed() < DEADLINE, "api2 never followed the reload");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ... and so does the worker.
+    c.wait_log(
+        "worker1",
+        "models reloaded: another process announced a reload",
+    )
+    .await;
+    let worker_log = std::fs::read_to_string(c.dir.join("worker1.log")).unwrap_or_default();
+    assert!(worker_log.contains(NEW), "{worker_log}");
+    // The API that was called does not reload a second time when it sees its own announcement.
+    let api1_log = std::fs::read_to_string(c.dir.join("api1.log")).unwrap_or_default();
+    assert!(
+        !api1_log.contains("another process announced"),
+        "{api1_log}"
+    );
+
+    let ids = submit_many(std::slice::from_ref(&a2), 2, &sample()).await;
+    let results = wait_all(&a2, &ids).await;
+    for (id, result) in &results {
+        assert_eq!(result["model_version"], NEW, "job {id}: {result}");
+        assert_eq!(top1(result), EGYPTIAN_CAT, "job {id}: {result}");
+    }
 }

@@ -56,6 +56,15 @@ pub struct Config {
     /// `manifest.toml` on the model search path, else the built-in one).
     #[arg(long = "model-manifest", env = "MODEL_MANIFEST")]
     pub model_manifest: Option<String>,
+    /// Seconds between looks for a model reload announced by another process sharing the
+    /// backend (`POST /admin/models/reload` on any server); this process then re-reads its
+    /// own manifest. 0 turns following off.
+    #[arg(
+        long = "model-reload-poll",
+        env = "MODEL_RELOAD_POLL_SECS",
+        default_value_t = 5.0
+    )]
+    pub model_reload_poll_secs: f64,
     /// Answer an image identical (sha256) to one already classified with the same model
     /// version from the result cache, without inference.
     #[arg(long = "result-cache", env = "RESULT_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
@@ -248,6 +257,11 @@ impl Config {
         Ok(SocketAddr::new(ip, self.port))
     }
 
+    /// `MODEL_RELOAD_POLL_SECS` checked: `None` for 0 (off).
+    pub fn model_reload_poll(&self) -> Result<Option<Duration>> {
+        model_reload_poll(self.model_reload_poll_secs)
+    }
+
     /// The HTTP server's part of the configuration.
     pub fn http(&self) -> Result<HttpConfig> {
         let secs = |name: &str, v: f64| {
@@ -327,6 +341,31 @@ impl Config {
             ..crate::webhook::WebhookConfig::default()
         })
     }
+}
+
+/// A model-reload poll interval in seconds, checked: 0 is `None` (off); a negative or
+/// non-finite value is refused. Shared by the server and the `worker` example.
+///
+/// ```
+/// use std::time::Duration;
+/// use classifier_http::config::model_reload_poll;
+/// assert_eq!(model_reload_poll(0.0).unwrap(), None);
+/// assert_eq!(model_reload_poll(2.5).unwrap(), Some(Duration::from_millis(2500)));
+/// assert!(model_reload_poll(-1.0).is_err());
+/// ```
+pub fn model_reload_poll(secs: f64) -> Result<Option<Duration>> {
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .map(Some)
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "MODEL_RELOAD_POLL_SECS must be 0 (off) or a positive number of seconds, not {secs}"
+            ))
+        })
 }
 
 fn clean(keys: &[String]) -> Vec<String> {

@@ -246,6 +246,12 @@ impl Backend for Cleaned {
     async fn workers(&self) -> Result<Vec<WorkerInfo>> {
         self.inner.workers().await
     }
+    async fn model_generation(&self) -> Result<u64> {
+        self.inner.model_generation().await
+    }
+    async fn bump_model_generation(&self) -> Result<u64> {
+        self.inner.bump_model_generation().await
+    }
 }
 
 // ----- Redis-specific tests -----------------------------------------------------------------

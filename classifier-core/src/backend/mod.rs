@@ -305,6 +305,17 @@ pub trait Backend:
 
     /// Workers that reported in the last minute.
     async fn workers(&self) -> Result<Vec<WorkerInfo>>;
+
+    /// The deployment's model-reload generation: 0 until the first
+    /// [`bump_model_generation`](Self::bump_model_generation), then how many there were.
+    /// Every process sharing the backend watches it and re-reads its own model manifest when
+    /// it grows (`ServiceBuilder::model_reload_poll`), so one admin reload reaches every
+    /// server and worker.
+    async fn model_generation(&self) -> Result<u64>;
+
+    /// Add one to the model-reload generation and return the new value (atomic: two
+    /// concurrent bumps return two different values).
+    async fn bump_model_generation(&self) -> Result<u64>;
 }
 
 /// Apply `event` to job `id` through compare-and-set, re-reading and retrying on conflicts.

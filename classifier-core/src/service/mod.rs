@@ -13,6 +13,7 @@
 
 mod feedback;
 pub mod payload;
+mod reload;
 mod submit;
 
 pub use feedback::LabelRef;
@@ -129,10 +130,14 @@ pub struct ServiceBuilder {
     result_cache: Option<Duration>,
     inference_priority: InferencePriority,
     inference_assist: bool,
+    model_reload_poll: Option<Duration>,
 }
 
 /// How long cached results live by default (as long as results do).
 pub const DEFAULT_RESULT_CACHE_TTL: Duration = Duration::from_secs(86_400);
+
+/// How often a service looks for a model reload announced by another process, by default.
+pub const DEFAULT_MODEL_RELOAD_POLL: Duration = Duration::from_secs(5);
 
 impl Default for ServiceBuilder {
     fn default() -> Self {
@@ -152,6 +157,7 @@ impl Default for ServiceBuilder {
             result_cache: Some(DEFAULT_RESULT_CACHE_TTL),
             inference_priority: InferencePriority::Nice(0),
             inference_assist: true,
+            model_reload_poll: Some(DEFAULT_MODEL_RELOAD_POLL),
             // Measured (BENCHMARKS.md): with tract, a batch of 8 costs 1.4x (ShuffleNet) to
             // 2.3x (MobileNet) more CPU per image than batch 1, and intra-op threads are
             // slower on these small models. So: one image per tract call, one call per core.
@@ -289,6 +295,14 @@ impl ServiceBuilder {
         self.inference_assist = assist;
         self
     }
+    /// How often to look for a model reload announced by another process sharing the
+    /// backend ([`Service::reload_models`] on any of them), and then re-read this process's
+    /// own manifest: `Some(interval)` (default [`DEFAULT_MODEL_RELOAD_POLL`]), or `None` to
+    /// reload only when [`Service::reload_models`] is called here.
+    pub fn model_reload_poll(mut self, every: Option<Duration>) -> Self {
+        self.model_reload_poll = every.filter(|d| !d.is_zero());
+        self
+    }
     /// Record into these metrics (default: a fresh registry).
     pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
@@ -370,8 +384,10 @@ impl ServiceBuilder {
                 },
             )
         });
-        Ok(Service {
+        let reloads = reload::ReloadFollower::starting_at_current(backend.as_ref()).await;
+        let service = Service {
             inner: Arc::new(Inner {
+                reloads,
                 backend,
                 registry,
                 metrics,
@@ -386,7 +402,11 @@ impl ServiceBuilder {
                 stopped: tokio::sync::Mutex::new(false),
                 started: Instant::now(),
             }),
-        })
+        };
+        if let Some(every) = self.model_reload_poll {
+            reload::spawn_watcher(Arc::downgrade(&service.inner), every);
+        }
+        Ok(service)
     }
 }
 
@@ -412,6 +432,8 @@ const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(100);
 
 struct Inner {
     backend: Arc<dyn Backend>,
+    /// Model reloads announced to and by other processes.
+    reloads: reload::ReloadFollower,
     registry: ModelRegistry,
     metrics: Arc<Metrics>,
     pool: Arc<InferencePool>,
@@ -866,7 +888,10 @@ impl Service {
 
     /// Re-read the model manifest and swap models with zero downtime (see
     /// [`ModelRegistry::reload`]): the new default and A/B arms are loaded before the swap,
-    /// jobs in flight finish on the model they started with.
+    /// jobs in flight finish on the model they started with. A successful reload is then
+    /// announced through the backend, and every other process sharing it (servers and
+    /// workers, on any machine) re-reads its own manifest within
+    /// [`ServiceBuilder::model_reload_poll`].
     ///
     /// ```no_run
     /// # async fn demo(service: classifier_core::service::Service) -> classifier_core::Result<()> {
@@ -875,7 +900,10 @@ impl Service {
     /// # Ok(()) }
     /// ```
     pub async fn reload_models(&self) -> Result<crate::model::ReloadReport> {
-        self.inner.registry.reload().await
+        self.inner
+            .reloads
+            .reload_and_announce(&self.inner.registry, self.inner.backend.as_ref())
+            .await
     }
 
     /// The model registry (versions, specs, loaded models).

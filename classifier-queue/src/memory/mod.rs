@@ -64,6 +64,8 @@ pub struct InMemoryBackend {
     /// Notified when a webhook delivery is added or a dead letter moved back
     /// (`WebhookOutbox::webhook_signal`).
     webhook_added: Notify,
+    /// `Backend::model_generation`.
+    model_generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for InMemoryBackend {
@@ -108,6 +110,7 @@ impl InMemoryBackend {
             ready: Notify::new(),
             workers: Mutex::new(Vec::new()),
             extras: Mutex::new(extras::Extras::default()),
+            model_generation: std::sync::atomic::AtomicU64::new(0),
             webhook_added: Notify::new(),
         })
     }
@@ -336,5 +339,18 @@ impl Backend for InMemoryBackend {
         let mut out: Vec<WorkerInfo> = workers.iter().map(|(w, _)| w.clone()).collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+
+    async fn model_generation(&self) -> Result<u64> {
+        Ok(self
+            .model_generation
+            .load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    async fn bump_model_generation(&self) -> Result<u64> {
+        Ok(self
+            .model_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1)
     }
 }

@@ -20,6 +20,7 @@
 //! | `{p}:q:score`         | hash id -> score (us) | the ordering score of every queued or leased job |
 //! | `{p}:q:clock`         | string | last enqueue time handed out (us), so no two are equal |
 //! | `{p}:workers:seen`, `{p}:workers:info` | sorted set / hash | worker heartbeats |
+//! | `{p}:models:generation` | counter | model-reload generation: every process re-reads its manifest when it grows |
 //! | `{p}:rl:<bucket>`     | hash `tokens`, `ts` | an HTTP rate-limit bucket ([`super::RedisRateLimiter`]), expires when full |
 //! | `{p}:wh:pending`      | hash event_id -> JSON | pending webhook deliveries ([`WebhookDelivery`]) |
 //! | `{p}:wh:due`          | sorted set event_id -> due time (ms) | when each pending delivery is due (claims push it forward) |
@@ -123,6 +124,10 @@ impl Keys {
 
     pub(crate) fn workers_info(&self) -> String {
         format!("{}:workers:info", self.tag)
+    }
+
+    pub(crate) fn model_generation(&self) -> String {
+        format!("{}:models:generation", self.tag)
     }
 
     /// The webhook outbox keys, as the webhook scripts get them in `KEYS[1..=4]`: pending,

@@ -776,4 +776,28 @@ impl Backend for RedisBackend {
         workers.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(workers)
     }
+
+    async fn model_generation(&self) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let generation: Option<u64> = self
+            .run(
+                "model_generation",
+                redis::cmd("GET")
+                    .arg(self.keys.model_generation())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(generation.unwrap_or(0))
+    }
+
+    async fn bump_model_generation(&self) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        self.run(
+            "bump_model_generation",
+            redis::cmd("INCR")
+                .arg(self.keys.model_generation())
+                .query_async(&mut conn),
+        )
+        .await
+    }
 }

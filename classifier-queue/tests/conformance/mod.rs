@@ -64,6 +64,7 @@ macro_rules! conformance_suite {
             delete_payload,
             extend_keeps_lease_alive,
             heartbeat_and_workers,
+            model_generation_counts_bumps_atomically,
             webhook_enqueue_is_idempotent,
             webhook_claim_hides_for_the_lease,
             webhook_reschedule_and_complete,
@@ -1050,6 +1051,32 @@ where
     let mine: Vec<_> = workers.iter().filter(|w| w.id == id).collect();
     assert_eq!(mine.len(), 1, "one entry per worker: {workers:?}");
     assert_eq!(mine[0].in_flight, 2);
+}
+
+/// The model-reload generation starts at 0 and every bump, concurrent ones included, adds
+/// exactly one and returns its own value.
+pub async fn model_generation_counts_bumps_atomically<F, Fut>(factory: F)
+where
+    F: Fn(QueueConfig, Ttls) -> Fut,
+    Fut: Future<Output = Arc<dyn Backend>>,
+{
+    let backend = factory(config(), ttls()).await;
+    assert_eq!(backend.model_generation().await.unwrap(), 0);
+    assert_eq!(backend.bump_model_generation().await.unwrap(), 1);
+    assert_eq!(backend.model_generation().await.unwrap(), 1);
+    let bumps: Vec<_> = (0..8)
+        .map(|_| {
+            let backend = backend.clone();
+            tokio::spawn(async move { backend.bump_model_generation().await.unwrap() })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for bump in bumps {
+        seen.push(bump.await.unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (2..=9).collect::<Vec<u64>>());
+    assert_eq!(backend.model_generation().await.unwrap(), 9);
 }
 
 // ----- webhook outbox, feedback, result cache ------------------------------------------------
