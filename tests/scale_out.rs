@@ -643,6 +643,27 @@ async fn a_model_reload_on_one_api_reaches_every_process() {
     .await;
     let worker_log = std::fs::read_to_string(c.dir.join("worker1.log")).unwrap_or_default();
     assert!(worker_log.contains(NEW), "{worker_log}");
+    // Its next heartbeat tells the operator so (`GET /admin/queue`, from any API).
+    let start = Instant::now();
+    loop {
+        let (status, queue) = get(&client, format!("{a2}/api/v1/admin/queue")).await;
+        assert_eq!(status, 200, "GET /admin/queue: {queue}");
+        let workers = queue["workers"].as_array().cloned().unwrap_or_default();
+        if workers.len() == 1 && workers[0]["default_model"] == NEW {
+            assert!(
+                workers[0]["models_loaded"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|v| v == NEW)),
+                "{queue}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the worker never reported {NEW}: {queue}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // The API that was called does not reload a second time when it sees its own announcement.
     let api1_log = std::fs::read_to_string(c.dir.join("api1.log")).unwrap_or_default();
     assert!(

@@ -418,6 +418,8 @@ async fn every_key_is_hash_tagged_with_the_prefix() {
             id: "w".into(),
             last_seen: chrono::Utc::now(),
             in_flight: 0,
+            default_model: String::new(),
+            models_loaded: Vec::new(),
         })
         .await
         .unwrap();

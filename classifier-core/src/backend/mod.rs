@@ -202,6 +202,13 @@ pub struct WorkerInfo {
     pub last_seen: DateTime<Utc>,
     /// Jobs it holds right now.
     pub in_flight: usize,
+    /// The version `"latest"` means in the worker's process (its manifest's default), so an
+    /// operator can see that a model reload reached it. Empty if the worker did not say.
+    #[serde(default)]
+    pub default_model: String,
+    /// The model versions its process holds loaded, least recently used first.
+    #[serde(default)]
+    pub models_loaded: Vec<String>,
 }
 
 /// Job records, payloads and results.
@@ -351,5 +358,19 @@ pub async fn transition_from(
                 return Err(crate::Error::JobNotFound(current.id.to_string()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WorkerInfo;
+
+    #[test]
+    fn a_worker_report_without_its_models_still_reads() {
+        // What a worker of an earlier release stores in the backend.
+        let old = r#"{"id":"w1","last_seen":"2026-12-07T20:00:00Z","in_flight":2}"#;
+        let info: WorkerInfo = serde_json::from_str(old).expect("old report");
+        assert_eq!(info.in_flight, 2);
+        assert!(info.default_model.is_empty() && info.models_loaded.is_empty());
     }
 }

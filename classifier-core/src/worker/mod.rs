@@ -322,6 +322,8 @@ async fn heartbeat(ctx: Arc<WorkerContext>, id: String, mut stop: watch::Receive
             id: id.clone(),
             last_seen: chrono::Utc::now(),
             in_flight: ctx.leases().len(),
+            default_model: ctx.registry.default_version(),
+            models_loaded: ctx.registry.loaded(),
         };
         if let Err(e) = ctx.backend.heartbeat(&info).await {
             tracing::warn!(error = %e, "heartbeat failed");

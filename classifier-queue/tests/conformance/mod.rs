@@ -1043,6 +1043,8 @@ where
                 id: id.clone(),
                 last_seen: Utc::now(),
                 in_flight,
+                default_model: format!("model-{in_flight}"),
+                models_loaded: vec!["other".into(), format!("model-{in_flight}")],
             })
             .await
             .unwrap();
@@ -1051,6 +1053,8 @@ where
     let mine: Vec<_> = workers.iter().filter(|w| w.id == id).collect();
     assert_eq!(mine.len(), 1, "one entry per worker: {workers:?}");
     assert_eq!(mine[0].in_flight, 2);
+    assert_eq!(mine[0].default_model, "model-2", "the latest report wins");
+    assert_eq!(mine[0].models_loaded, ["other", "model-2"]);
 }
 
 /// The model-reload generation starts at 0 and every bump, concurrent ones included, adds
