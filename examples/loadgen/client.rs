@@ -158,6 +158,11 @@ impl UserClient {
         }
     }
 
+    /// Drop the kept-alive connection; the next request opens a new one.
+    pub fn disconnect(&mut self) {
+        self.connection = None;
+    }
+
     /// The open connection, or a new one if there is none or the server closed it.
     async fn connection(&mut self) -> Result<&mut SendRequest<Chunks>, String> {
         if let Some(sender) = &mut self.connection {

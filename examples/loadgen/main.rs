@@ -111,9 +111,14 @@ async fn main() -> anyhow::Result<()> {
         users.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let job = one_job(&args, &mut client, &stats, measure_from);
-                let outcome = tokio::time::timeout(JOB_TIMEOUT, job)
-                    .await
-                    .unwrap_or_else(|_| Err("timeout".to_string()));
+                let outcome = match tokio::time::timeout(JOB_TIMEOUT, job).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        // A request may have been cut off mid-way: start on a new connection.
+                        client.disconnect();
+                        Err("timeout".to_string())
+                    }
+                };
                 if let Err(what) = outcome {
                     if Instant::now() >= measure_from {
                         *stats.lock().unwrap().errors.entry(what).or_default() += 1;
