@@ -315,6 +315,18 @@ async fn admin_views(kind: Kind) {
         assert!(queue.get(key).is_some(), "{key} missing: {queue}");
     }
     assert_eq!(queue["webhooks"]["pending"], 0, "{queue}");
+    // Each worker says which models its process serves (how an operator sees a reload land).
+    let workers = queue["workers"].as_array().cloned().unwrap_or_default();
+    assert!(!workers.is_empty(), "{queue}");
+    for worker in &workers {
+        assert_eq!(worker["default_model"], "shufflenet-v2-f32", "{queue}");
+        let loaded = worker["models_loaded"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(loaded.iter().any(|v| v == "shufflenet-v2-f32"), "{queue}");
+        assert!(worker["in_flight"].is_u64(), "{queue}");
+    }
     let (status, _, dead) = json(
         get("/api/v1/admin/dead-letters", Some(ADMIN))
             .await
