@@ -664,6 +664,22 @@ async fn a_model_reload_on_one_api_reaches_every_process() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // /metrics counts the reload where it was made and where it was followed.
+    for (api, event) in [(&a1, "model_reload"), (&a2, "model_reload_followed")] {
+        let text = client
+            .get(format!("{api}/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .unwrap_or_default();
+        let line = format!("classifier_events_total{{name=\"{event}\"}} 1");
+        assert!(
+            text.lines().any(|l| l == line),
+            "{api}: no {line:?} in\n{text}"
+        );
+    }
     // The API that was called does not reload a second time when it sees its own announcement.
     let api1_log = std::fs::read_to_string(c.dir.join("api1.log")).unwrap_or_default();
     assert!(

@@ -902,7 +902,11 @@ impl Service {
     pub async fn reload_models(&self) -> Result<crate::model::ReloadReport> {
         self.inner
             .reloads
-            .reload_and_announce(&self.inner.registry, self.inner.backend.as_ref())
+            .reload_and_announce(
+                &self.inner.registry,
+                self.inner.backend.as_ref(),
+                &self.inner.metrics,
+            )
             .await
     }
 

@@ -13,7 +13,13 @@ use std::time::Duration;
 
 use crate::backend::Backend;
 use crate::error::Result;
+use crate::metrics::Metrics;
 use crate::model::{ModelRegistry, ReloadReport};
+
+/// `classifier_events_total` names of reloads: made here, followed, refused here.
+const RELOADED: &str = "model_reload";
+const FOLLOWED: &str = "model_reload_followed";
+const REFUSED: &str = "model_reload_refused";
 
 /// The generation this process has caught up with. Held (a lock) across each reload, so a
 /// reload made here and the announcement of it are never taken for another process's.
@@ -41,9 +47,14 @@ impl ReloadFollower {
         &self,
         registry: &ModelRegistry,
         backend: &dyn Backend,
+        metrics: &Metrics,
     ) -> Result<ReloadReport> {
         let mut seen = self.seen.lock().await;
-        let report = registry.reload().await?;
+        let report = registry
+            .reload()
+            .await
+            .inspect_err(|_| metrics.event(REFUSED))?;
+        metrics.event(RELOADED);
         match backend.bump_model_generation().await {
             Ok(generation) => {
                 *seen = generation.max(*seen);
@@ -66,6 +77,7 @@ impl ReloadFollower {
         &self,
         registry: &ModelRegistry,
         backend: &dyn Backend,
+        metrics: &Metrics,
     ) -> Option<Result<ReloadReport>> {
         let mut seen = self.seen.lock().await;
         let generation = match backend.model_generation().await {
@@ -80,6 +92,7 @@ impl ReloadFollower {
         }
         *seen = generation;
         let outcome = registry.reload().await;
+        metrics.event(if outcome.is_ok() { FOLLOWED } else { REFUSED });
         match &outcome {
             Ok(report) => tracing::info!(
                 generation,
@@ -117,7 +130,7 @@ pub(crate) fn spawn_watcher(service: Weak<super::Inner>, every: Duration) {
             }
             inner
                 .reloads
-                .follow(&inner.registry, inner.backend.as_ref())
+                .follow(&inner.registry, inner.backend.as_ref(), &inner.metrics)
                 .await;
         }
     });
