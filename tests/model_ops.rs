@@ -667,6 +667,18 @@ async fn reload_under_load_loses_nothing() {
         server.service.registry().default_version(),
         "shufflenet-v2-f32"
     );
+    // /metrics counts the reloads made and the one refused.
+    let metrics = metrics_text(&server).await;
+    let count = |name: &str| -> f64 {
+        let prefix = format!("classifier_events_total{{name=\"{name}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(count("model_reload_refused"), 1.0, "{metrics}");
+    assert!(count("model_reload") >= 4.0, "{metrics}");
     match Arc::try_unwrap(server) {
         Ok(server) => server.stop().await,
         Err(_) => panic!("server still shared"),
