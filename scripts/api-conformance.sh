@@ -2,8 +2,9 @@
 # API conformance: run schemathesis (every check, the coverage, fuzzing and stateful phases)
 # against a release server on the in-memory backend, once with API keys and once with auth
 # off, then (if a Redis answers at REDIS_URL, default redis://127.0.0.1:6379) once more on the
-# Redis backend under a key prefix of its own, deleted afterwards; fail if it finds anything. Not part of `cargo test` (it needs Python and a
-# schemathesis from PyPI); run it after changing a route or the OpenAPI document.
+# Redis backend under a key prefix of its own, deleted afterwards; fail if it finds anything.
+# Not part of `cargo test` (it needs Python and a schemathesis from PyPI); run it after
+# changing a route or the OpenAPI document.
 #
 #   pip install schemathesis     # once
 #   scripts/api-conformance.sh   # [extra schemathesis args, e.g. --max-examples 500]

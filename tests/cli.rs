@@ -1,23 +1,12 @@
 //! The `classify` example run as a user would: real files, real process, JSON output parsed.
 //! `cargo test` builds the examples before the tests, so the binary is next to this test's.
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::Command;
 
 use classifier::model::ModelLocator;
-
-fn classify_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir
-        .join("examples")
-        .join(format!("classify{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "{bin:?} missing: cargo test builds examples first"
-    );
-    bin
-}
 
 fn samples() -> PathBuf {
     let labels = ModelLocator::from_env()
@@ -37,7 +26,7 @@ fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
 fn json_output_classifies_photos_and_reports_a_text_file() {
     let text = std::env::temp_dir().join(format!("cli-notes-{}.txt", std::process::id()));
     std::fs::write(&text, "just some notes\n").expect("write");
-    let out = Command::new(classify_binary())
+    let out = Command::new(support::example_binary("classify"))
         .args(["--json", "--top-k", "3"])
         .arg(samples().join("chelsea.png"))
         .arg(&text)
@@ -70,7 +59,7 @@ fn json_output_classifies_photos_and_reports_a_text_file() {
 
 #[test]
 fn a_directory_is_expanded_and_all_photos_succeed() {
-    let out = Command::new(classify_binary())
+    let out = Command::new(support::example_binary("classify"))
         .args(["--json", "--model", "mobilenetv2-f32"])
         .arg(samples())
         .output()
@@ -89,7 +78,7 @@ fn a_directory_is_expanded_and_all_photos_succeed() {
 
 #[test]
 fn an_unknown_model_is_a_clear_error() {
-    let out = Command::new(classify_binary())
+    let out = Command::new(support::example_binary("classify"))
         .args(["--model", "resnet-9000"])
         .arg(samples().join("chelsea.png"))
         .output()

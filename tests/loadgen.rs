@@ -5,30 +5,16 @@
 //! works.
 
 mod http_support;
-
-use std::path::PathBuf;
+mod support;
 
 use classifier_http::HttpConfig;
 use http_support::{start, Options};
 
 const KEY: &str = "loadgen-test-key";
 
-fn loadgen_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir
-        .join("examples")
-        .join(format!("loadgen{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "{bin:?} missing: cargo test builds examples first"
-    );
-    bin
-}
-
 /// Run the load generator for one second at concurrency 2; its standard output.
 async fn run(base: &str, extra: &[&str]) -> String {
-    let mut command = std::process::Command::new(loadgen_binary());
+    let mut command = std::process::Command::new(support::example_binary("loadgen"));
     command
         .args(["--url", base, "--concurrency", "2", "--duration", "1"])
         .args(["--warmup", "0"])
@@ -86,7 +72,7 @@ async fn completes_jobs_over_the_websocket_and_by_polling_and_reports_refusals()
     assert!(report.contains("\"submit 401\""), "{report}");
 
     // A URL with a path is refused at once with a clear message.
-    let mut command = std::process::Command::new(loadgen_binary());
+    let mut command = std::process::Command::new(support::example_binary("loadgen"));
     command.args(["--url", &server.url("/api/v1"), "--duration", "1"]);
     let out = output(command).await;
     assert!(!out.status.success());

@@ -4,6 +4,7 @@
 //! tests fail, never skip, when it is unreachable).
 
 mod http_support;
+mod support;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -483,20 +484,14 @@ async fn result_cache_can_be_turned_off() {
 /// A temporary manifest file: the repository's, with `default` and `latest_weights` set.
 struct TempManifest {
     path: PathBuf,
-    base: String,
 }
 
 impl TempManifest {
     fn new() -> TempManifest {
-        let base = std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/manifest.toml"),
-        )
-        .expect("repository manifest");
         let dir = std::env::temp_dir().join(format!("classifier-manifest-{}", uuid_like()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let m = TempManifest {
             path: dir.join("manifest.toml"),
-            base,
         };
         m.write("shufflenet-v2-f32", "");
         m
@@ -504,19 +499,7 @@ impl TempManifest {
 
     /// Rewrite it with this default and an optional `latest_weights = {...}` line.
     fn write(&self, default: &str, weights: &str) {
-        let mut text = String::new();
-        for line in self.base.lines() {
-            if line.starts_with("default = ") {
-                text.push_str(&format!("default = \"{default}\"\n{weights}\n"));
-            } else {
-                text.push_str(line);
-                text.push('\n');
-            }
-        }
-        // Write then rename, so a reload never reads a half-written file.
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, text).expect("write manifest");
-        std::fs::rename(&tmp, &self.path).expect("rename manifest");
+        support::write_manifest(&self.path, default, weights);
     }
 }
 

@@ -19,6 +19,8 @@
 //!   makes the other API and the worker re-read their manifest; new "latest" jobs then run on
 //!   the new default.
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -572,24 +574,6 @@ async fn redis_restart_with_aof() {
     wait_all(&api, &[more]).await;
 }
 
-/// The repository's model manifest with `default = "<default>"`, written (then renamed into
-/// place, so no process reads half a file) to `path`.
-fn write_manifest(path: &Path, default: &str) {
-    let base = std::fs::read_to_string(root().join("models/manifest.toml")).expect("manifest");
-    let mut text = String::new();
-    for line in base.lines() {
-        if line.starts_with("default = ") {
-            text.push_str(&format!("default = \"{default}\"\n"));
-        } else {
-            text.push_str(line);
-            text.push('\n');
-        }
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write manifest");
-    std::fs::rename(&tmp, path).expect("rename manifest");
-}
-
 async fn default_model(client: &reqwest::Client, api: &str) -> String {
     let (status, body) = get(client, format!("{api}/api/v1/models")).await;
     assert_eq!(status, 200, "GET /models: {body}");
@@ -605,7 +589,7 @@ async fn a_model_reload_on_one_api_reaches_every_process() {
     const NEW: &str = "mobilenetv2-f32";
     let mut c = Cluster::new("reload");
     let manifest = c.dir.join("manifest.toml");
-    write_manifest(&manifest, OLD);
+    support::write_manifest(&manifest, OLD, "");
     c.common_env = vec![
         ("MODEL_MANIFEST".into(), manifest.display().to_string()),
         ("MODEL_RELOAD_POLL_SECS".into(), "0.2".into()),
@@ -617,7 +601,7 @@ async fn a_model_reload_on_one_api_reaches_every_process() {
     let client = client();
     assert_eq!(default_model(&client, &a2).await, OLD);
 
-    write_manifest(&manifest, NEW);
+    support::write_manifest(&manifest, NEW, "");
     let r = client
         .post(format!("{a1}/api/v1/admin/models/reload"))
         .send()

@@ -165,30 +165,35 @@ impl UserClient {
 
     /// The open connection, or a new one if there is none or the server closed it.
     async fn connection(&mut self) -> Result<&mut SendRequest<Chunks>, String> {
-        if let Some(sender) = &mut self.connection {
+        let mut open = self.connection.take();
+        if let Some(sender) = &mut open {
             if sender.ready().await.is_err() {
-                self.connection = None;
+                open = None;
             }
         }
-        if self.connection.is_none() {
-            let stream = TcpStream::connect(self.target.addr)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            stream
-                .set_nodelay(true)
-                .map_err(|e| format!("connect: {e}"))?;
-            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-            tokio::spawn(async move {
-                // Ends when the server closes the connection or the client is dropped.
-                let _ = connection.await;
-            });
-            self.connection = Some(sender);
-        }
-        self.connection
-            .as_mut()
-            .ok_or_else(|| "no connection".to_string())
+        let sender = match open {
+            Some(sender) => sender,
+            None => self.connect().await?,
+        };
+        Ok(self.connection.insert(sender))
+    }
+
+    /// A new connection to the target, its driving task spawned.
+    async fn connect(&self) -> Result<SendRequest<Chunks>, String> {
+        let stream = TcpStream::connect(self.target.addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("connect: {e}"))?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(async move {
+            // Ends when the server closes the connection or the client is dropped.
+            let _ = connection.await;
+        });
+        Ok(sender)
     }
 
     /// Send a request with `body` and read the whole reply.

@@ -22,10 +22,9 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use clap::Parser;
