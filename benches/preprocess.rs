@@ -1,6 +1,7 @@
 //! Preprocessing benches: validate + decode + resize/crop + normalize of real JPEGs at three
-//! sizes, with the reduced-size JPEG decode (`ValidationConfig::decode_for`, DCT scaling) and
-//! with a full-size decode (`decode`) for comparison, and the stages separately for the
+//! sizes, with the reduced-size JPEG decode (`ValidationConfig::decode_for`, DCT scaling; on
+//! two threads for large JPEGs, and on one for comparison: `jpeg_split_min_bytes:
+//! usize::MAX`) and with a full-size decode (`decode`), and the stages separately for the
 //! 1920x1080 one. Then the sample photo PNGs decoded with the PNG fast path (libdeflate, the
 //! default) against the `png` crate alone (`fast_png: false`).
 //!
@@ -20,6 +21,11 @@ fn preprocess(c: &mut Criterion) {
         jpeg_draft_margin: 1.0,
         ..ValidationConfig::default()
     };
+    // The reduced decode of a large JPEG on one thread only.
+    let one_thread = ValidationConfig {
+        jpeg_split_min_bytes: usize::MAX,
+        ..ValidationConfig::default()
+    };
     let pre = Preprocessor::new(PreprocessSpec::imagenet()).expect("spec");
     let resize = pre.spec().resize_shorter;
     let mut group = c.benchmark_group("preprocess");
@@ -35,6 +41,17 @@ fn preprocess(c: &mut Criterion) {
             |b, jpeg| {
                 b.iter(|| {
                     let decoded = validation.decode_for(jpeg, resize).expect("decode");
+                    pre.run_decoded(&decoded).expect("preprocess")
+                })
+            },
+        );
+        // The same on one thread (the split decode off).
+        group.bench_with_input(
+            BenchmarkId::new("reduced decode+resize+normalize, one thread", &size),
+            &jpeg,
+            |b, jpeg| {
+                b.iter(|| {
+                    let decoded = one_thread.decode_for(jpeg, resize).expect("decode");
                     pre.run_decoded(&decoded).expect("preprocess")
                 })
             },

@@ -13,7 +13,8 @@
 //!
 //! The PNG fast path (`image/png_fast.rs`, on by default) is checked against the `png` crate
 //! (`fast_png: false`): the same pixels and metadata, or both refuse the file with the same
-//! error.
+//! error. The two-thread reduced JPEG decode (`image/jpeg_scaled/split.rs`), forced on every
+//! file (`jpeg_split_min_bytes: 0`), is checked against the one-thread decode the same way.
 
 #![no_main]
 
@@ -27,6 +28,10 @@ struct Setup {
     validation: ValidationConfig,
     /// The same limits with the PNG fast path off: the `png` crate alone.
     reference: ValidationConfig,
+    /// The same limits with every reduced JPEG decode split over two threads.
+    split: ValidationConfig,
+    /// The same limits with the reduced JPEG decode on one thread only.
+    one_thread: ValidationConfig,
     imagenet: Preprocessor,
     tiny: Preprocessor,
 }
@@ -50,9 +55,19 @@ fn setup() -> &'static Setup {
             fast_png: false,
             ..validation.clone()
         };
+        let split = ValidationConfig {
+            jpeg_split_min_bytes: 0,
+            ..validation.clone()
+        };
+        let one_thread = ValidationConfig {
+            jpeg_split_min_bytes: usize::MAX,
+            ..validation.clone()
+        };
         Setup {
             validation,
             reference,
+            split,
+            one_thread,
             imagenet,
             tiny,
         }
@@ -84,6 +99,19 @@ fuzz_target!(|data: &[u8]| {
     }
     for pre in [&s.imagenet, &s.tiny] {
         let resize = pre.spec().resize_shorter;
+        match (s.split.decode_for(data, resize), s.one_thread.decode_for(data, resize)) {
+            (Ok(split), Ok(one)) => {
+                assert_eq!(split.metadata, one.metadata);
+                assert_eq!(split.scale_denom, one.scale_denom);
+                assert!(split.rgb == one.rgb, "split JPEG decode pixels differ");
+            }
+            (Err(split), Err(one)) => assert_eq!(split.to_string(), one.to_string()),
+            (split, one) => panic!(
+                "split and one-thread JPEG decodes disagree: {:?} vs {:?}",
+                split.map(|d| d.path),
+                one.map(|d| d.path)
+            ),
+        }
         if let Ok(decoded) = s.validation.decode_for(data, resize) {
             // Same image as the full decode: same metadata (full size), and a reduced image
             // is accepted only where the full decoder accepts the file too.

@@ -17,6 +17,10 @@
 //! as [`ScaledError::Unsupported`] so that the caller can decode it at full size instead.
 //!
 //! Every read is bounds-checked; corrupt data gives [`ScaledError::Corrupt`], never a panic.
+//!
+//! A large scan is decoded by two threads ([`split`]), with the same result.
+
+mod split;
 
 /// A decoded image at reduced size: 8-bit gray (1 channel) or RGB (3 channels), row-major.
 #[derive(Debug, Clone)]
@@ -874,6 +878,7 @@ fn transpose(m: [[f32; 8]; 8]) -> [[f32; 8]; 8] {
 }
 
 /// Per-component state of the scan decode.
+#[derive(Clone)]
 struct Comp<'h> {
     codes: BlockCodes<'h>,
     /// Blocks of this component per MCU, horizontally and vertically.
@@ -902,8 +907,25 @@ impl Comp<'_> {
 }
 
 /// Decode `bytes` at `1/denom` scale (`denom` is 2, 4 or 8), allocating at most `max_alloc`
-/// bytes for pixel and entropy buffers.
-pub(crate) fn decode(bytes: &[u8], denom: usize, max_alloc: u64) -> Res<Scaled> {
+/// bytes for pixel and entropy buffers. A scan with at least `split_min_bytes` of
+/// entropy-coded data (and no restart markers) is decoded on two threads ([`split`]).
+pub(crate) fn decode(
+    bytes: &[u8],
+    denom: usize,
+    max_alloc: u64,
+    split_min_bytes: usize,
+) -> Res<Scaled> {
+    decode_reporting(bytes, denom, max_alloc, split_min_bytes).map(|(scaled, _)| scaled)
+}
+
+/// [`decode`], also telling from which MCU on a helper thread's decode was used
+/// ([`split`]), if it was.
+fn decode_reporting(
+    bytes: &[u8],
+    denom: usize,
+    max_alloc: u64,
+    split_min_bytes: usize,
+) -> Res<(Scaled, Option<usize>)> {
     let n = match denom {
         2 => 4,
         4 => 2,
@@ -1000,99 +1022,210 @@ pub(crate) fn decode(bytes: &[u8], denom: usize, max_alloc: u64) -> Res<Scaled> 
     let data_len = data.len();
     data.extend_from_slice(&[0; PADDING]);
 
+    let geometry = Geometry {
+        mcus_x,
+        mcus_y,
+        row_w,
+        row_h,
+        out_w,
+        channels,
+    };
     let mut pixels = vec![0u8; out_w * out_h * channels];
-    let mut bits = Bits::new(&data, 0);
-    let mut segment_end = restarts.first().copied().unwrap_or(data_len);
-    let mut next_restart = 0usize;
     let interval = header.restart_interval;
-    let mut todo = interval;
-    for my in 0..mcus_y {
-        // Entropy decoding of one MCU row into the coefficient buffers.
-        for c in comps.iter_mut() {
-            c.coefs.fill(0);
-        }
-        for mx in 0..mcus_x {
-            if interval > 0 {
-                if todo == 0 {
-                    if bits.consumed_bits() > segment_end * 8 {
-                        return corrupt("restart interval overruns its data");
-                    }
-                    let Some(&start) = restarts.get(next_restart) else {
-                        return corrupt("missing restart marker");
-                    };
-                    next_restart += 1;
-                    segment_end = restarts.get(next_restart).copied().unwrap_or(data_len);
-                    bits = Bits::new(&data, start);
-                    for c in comps.iter_mut() {
-                        c.pred = 0;
-                    }
-                    todo = interval;
-                }
-                todo -= 1;
-            }
-            for c in comps.iter_mut() {
-                let len = c.block_len();
-                let per_row = mcus_x * c.h;
-                for by in 0..c.v {
-                    for bx in 0..c.h {
-                        let b = by * per_row + mx * c.h + bx;
-                        let Some(out) = c.coefs.get_mut(b * len..(b + 1) * len) else {
-                            return corrupt("internal: block index");
-                        };
-                        decode_block(&mut bits, &data, &c.codes, &mut c.pred, out)
-                            .map_err(ScaledError::Corrupt)?;
-                    }
-                }
-            }
-        }
-        if bits.consumed_bits() > data_len * 8 {
-            return corrupt("truncated scan");
-        }
-        // Reduced IDCT of the row into the row planes.
-        for c in comps.iter_mut() {
-            let blocks_x = mcus_x * c.h;
-            match (c.bw, c.bh) {
-                (1, 1) => idct_row::<1, 1>(c, blocks_x, row_w),
-                (2, 2) => idct_row::<2, 2>(c, blocks_x, row_w),
-                (4, 4) => idct_row_4x4(c, blocks_x, row_w),
-                (8, 8) => idct_row::<8, 8>(c, blocks_x, row_w),
-                (2, 1) => idct_row::<2, 1>(c, blocks_x, row_w),
-                (1, 2) => idct_row::<1, 2>(c, blocks_x, row_w),
-                (4, 2) => idct_row::<4, 2>(c, blocks_x, row_w),
-                (2, 4) => idct_row::<2, 4>(c, blocks_x, row_w),
-                (8, 4) => idct_row::<8, 4>(c, blocks_x, row_w),
-                (4, 8) => idct_row::<4, 8>(c, blocks_x, row_w),
-                _ => return Err(ScaledError::Unsupported("block size")),
-            }
-        }
-        // Color conversion of the row's visible lines into the output.
-        let first = my * row_h;
-        let lines = pixels
-            .chunks_exact_mut(out_w * channels)
-            .skip(first)
-            .take(row_h);
-        for (i, line) in lines.enumerate() {
-            let plane = |c: usize| {
-                comps
-                    .get(c)
-                    .and_then(|c| c.pixels.get(i * row_w..i * row_w + out_w))
-                    .unwrap_or(&[])
-            };
-            if single {
-                for (o, &v) in line.iter_mut().zip(plane(0)) {
-                    *o = v;
-                }
-            } else {
-                ycbcr_row(plane(0), plane(1), plane(2), line);
+    let mut decoded = false;
+    let mut joined_at = None;
+    if data_len >= split_min_bytes {
+        // Over the allocation limit with the helper's buffer: decode on one thread.
+        if alloc + split::tail_alloc(&comps, mcus_x * mcus_y) <= max_alloc {
+            // `None`: the second thread did not start; decode on this one.
+            let scan = Scan::new(&data, data_len, &restarts, interval);
+            if let Some(result) = split::decode(&geometry, &comps, scan, &mut pixels) {
+                joined_at = result?;
+                decoded = true;
+                tracing::trace!(
+                    ?joined_at,
+                    mcus = mcus_x * mcus_y,
+                    "JPEG scan decoded on two threads"
+                );
             }
         }
     }
-    Ok(Scaled {
+    if !decoded {
+        let mut scan = Scan::new(&data, data_len, &restarts, interval);
+        let mut rows = pixels.chunks_mut(geometry.row_bytes());
+        for _ in 0..mcus_y {
+            for c in comps.iter_mut() {
+                c.coefs.fill(0);
+            }
+            for mx in 0..mcus_x {
+                scan.mcu(&mut comps, mcus_x, mx)?;
+            }
+            scan.check_not_past_end()?;
+            finish_row(&mut comps, &geometry, rows.next().unwrap_or_default())?;
+        }
+    }
+    let scaled = Scaled {
         width: out_w as u32,
         height: out_h as u32,
         channels: channels as u8,
         pixels,
-    })
+    };
+    Ok((scaled, joined_at))
+}
+
+/// The layout of the decode: MCUs, and the pixel rows one MCU row makes.
+pub(super) struct Geometry {
+    mcus_x: usize,
+    mcus_y: usize,
+    /// Samples per plane row (padded to whole blocks).
+    row_w: usize,
+    /// Plane rows (and output lines, but for the last MCU row) per MCU row.
+    row_h: usize,
+    /// Output width in pixels.
+    out_w: usize,
+    /// 1 (gray) or 3 (RGB).
+    channels: usize,
+}
+
+impl Geometry {
+    /// Output bytes of one MCU row (the last one may be shorter).
+    fn row_bytes(&self) -> usize {
+        (self.row_h * self.out_w * self.channels).max(1)
+    }
+}
+
+/// The entropy decoder's place in the scan, with the restart-interval bookkeeping.
+#[derive(Clone)]
+struct Scan<'d> {
+    data: &'d [u8],
+    /// Length of the real data (`data` ends with [`PADDING`] zero bytes).
+    data_len: usize,
+    /// Offsets in `data` where each restart interval's data starts.
+    restarts: &'d [usize],
+    interval: usize,
+    bits: Bits,
+    segment_end: usize,
+    next_restart: usize,
+    /// MCUs left in the current restart interval.
+    todo: usize,
+}
+
+impl<'d> Scan<'d> {
+    fn new(data: &'d [u8], data_len: usize, restarts: &'d [usize], interval: usize) -> Self {
+        Scan {
+            data,
+            data_len,
+            restarts,
+            interval,
+            bits: Bits::new(data, 0),
+            segment_end: restarts.first().copied().unwrap_or(data_len),
+            next_restart: 0,
+            todo: interval,
+        }
+    }
+
+    /// Decode the MCU in column `mx` of the current MCU row into the components' row
+    /// coefficients.
+    fn mcu(&mut self, comps: &mut [Comp<'_>], mcus_x: usize, mx: usize) -> Res<()> {
+        if self.restart_if_due()? {
+            for c in comps.iter_mut() {
+                c.pred = 0;
+            }
+        }
+        for c in comps.iter_mut() {
+            let len = c.block_len();
+            let per_row = mcus_x * c.h;
+            for by in 0..c.v {
+                for bx in 0..c.h {
+                    let b = by * per_row + mx * c.h + bx;
+                    let Some(out) = c.coefs.get_mut(b * len..(b + 1) * len) else {
+                        return corrupt("internal: block index");
+                    };
+                    decode_block(&mut self.bits, self.data, &c.codes, &mut c.pred, out)
+                        .map_err(ScaledError::Corrupt)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Before an MCU: at the end of a restart interval, check that the interval kept to its
+    /// data and move to the next one. True if the DC predictors must be reset.
+    fn restart_if_due(&mut self) -> Res<bool> {
+        if self.interval == 0 {
+            return Ok(false);
+        }
+        let due = self.todo == 0;
+        if due {
+            let start = self.next_segment()?;
+            self.next_restart += 1;
+            self.segment_end =
+                (self.restarts.get(self.next_restart).copied()).unwrap_or(self.data_len);
+            self.bits = Bits::new(self.data, start);
+            self.todo = self.interval;
+        }
+        self.todo -= 1;
+        Ok(due)
+    }
+
+    /// At the end of a restart interval: where the next one's data starts, if the one that
+    /// ends kept to its data.
+    fn next_segment(&self) -> Res<usize> {
+        if self.bits.consumed_bits() > self.segment_end * 8 {
+            return corrupt("restart interval overruns its data");
+        }
+        match self.restarts.get(self.next_restart) {
+            Some(&start) => Ok(start),
+            None => corrupt("missing restart marker"),
+        }
+    }
+
+    /// An MCU row must not have read past the end of the data (its zero padding).
+    fn check_not_past_end(&self) -> Res<()> {
+        if self.bits.consumed_bits() > self.data_len * 8 {
+            return corrupt("truncated scan");
+        }
+        Ok(())
+    }
+}
+
+/// Reduced IDCT of one MCU row's coefficients (in `comps`) into the row planes, then color
+/// conversion of its visible lines into `lines` (the row's part of the output).
+fn finish_row(comps: &mut [Comp<'_>], g: &Geometry, lines: &mut [u8]) -> Res<()> {
+    let row_w = g.row_w;
+    for c in comps.iter_mut() {
+        let blocks_x = g.mcus_x * c.h;
+        match (c.bw, c.bh) {
+            (1, 1) => idct_row::<1, 1>(c, blocks_x, row_w),
+            (2, 2) => idct_row::<2, 2>(c, blocks_x, row_w),
+            (4, 4) => idct_row_4x4(c, blocks_x, row_w),
+            (8, 8) => idct_row::<8, 8>(c, blocks_x, row_w),
+            (2, 1) => idct_row::<2, 1>(c, blocks_x, row_w),
+            (1, 2) => idct_row::<1, 2>(c, blocks_x, row_w),
+            (4, 2) => idct_row::<4, 2>(c, blocks_x, row_w),
+            (2, 4) => idct_row::<2, 4>(c, blocks_x, row_w),
+            (8, 4) => idct_row::<8, 4>(c, blocks_x, row_w),
+            (4, 8) => idct_row::<4, 8>(c, blocks_x, row_w),
+            _ => return Err(ScaledError::Unsupported("block size")),
+        }
+    }
+    let out_w = g.out_w;
+    for (i, line) in lines.chunks_exact_mut(out_w * g.channels).enumerate() {
+        let plane = |c: usize| {
+            comps
+                .get(c)
+                .and_then(|c| c.pixels.get(i * row_w..i * row_w + out_w))
+                .unwrap_or(&[])
+        };
+        if g.channels == 1 {
+            for (o, &v) in line.iter_mut().zip(plane(0)) {
+                *o = v;
+            }
+        } else {
+            ycbcr_row(plane(0), plane(1), plane(2), line);
+        }
+    }
+    Ok(())
 }
 
 /// Reduced IDCT of every block of one MCU row of component `c` into `c.pixels`.
@@ -1234,6 +1367,7 @@ fn ycbcr_pixel(y: u8, cb: u8, cr: u8) -> (u8, u8, u8) {
 }
 
 /// What decoding one block of a component needs.
+#[derive(Clone, Copy)]
 struct BlockCodes<'h> {
     dc: &'h Huffman,
     ac: &'h Huffman,
@@ -1538,7 +1672,7 @@ mod tests {
         let full = image::load_from_memory(&bytes).unwrap().to_rgb8();
         let expected = full.get_pixel(50, 30).0;
         for denom in [2, 4, 8] {
-            let s = decode(&bytes, denom, 1 << 24).expect("decode");
+            let s = decode(&bytes, denom, 1 << 24, usize::MAX).expect("decode");
             assert_eq!(
                 (s.width, s.height, s.channels),
                 (
@@ -1567,16 +1701,24 @@ mod tests {
             }
             b
         };
-        let unsupported =
-            |bytes: Vec<u8>| matches!(decode(&bytes, 2, 1 << 20), Err(ScaledError::Unsupported(_)));
+        let unsupported = |bytes: Vec<u8>| {
+            matches!(
+                decode(&bytes, 2, 1 << 20, usize::MAX),
+                Err(ScaledError::Unsupported(_))
+            )
+        };
         assert!(unsupported(frame(0xC2, 8, 3)), "progressive");
         assert!(unsupported(frame(0xC9, 8, 3)), "arithmetic");
         assert!(unsupported(frame(0xC0, 12, 3)), "12-bit");
         assert!(unsupported(frame(0xC0, 8, 4)), "CMYK");
         assert!(unsupported(frame(0xC0, 8, 2)), "two components");
         // Not a JPEG, cut headers, a Huffman table with three 1-bit codes: corrupt.
-        let corrupt =
-            |bytes: &[u8]| matches!(decode(bytes, 2, 1 << 20), Err(ScaledError::Corrupt(_)));
+        let corrupt = |bytes: &[u8]| {
+            matches!(
+                decode(bytes, 2, 1 << 20, usize::MAX),
+                Err(ScaledError::Corrupt(_))
+            )
+        };
         assert!(corrupt(b"hello"));
         assert!(corrupt(&frame(0xC0, 8, 3)[..9]));
         let mut bad_table = vec![0xFF, 0xD8, 0xFF, 0xC4, 0, 22, 0x10, 3];
@@ -1589,8 +1731,11 @@ mod tests {
     fn allocation_limit_is_respected() {
         let image = image::DynamicImage::ImageRgb8(image::RgbImage::new(512, 512));
         let bytes = encode(&image);
-        assert_eq!(decode(&bytes, 2, 10_000).unwrap_err(), ScaledError::Limit);
-        assert!(decode(&bytes, 2, 1 << 24).is_ok());
+        assert_eq!(
+            decode(&bytes, 2, 10_000, usize::MAX).unwrap_err(),
+            ScaledError::Limit
+        );
+        assert!(decode(&bytes, 2, 1 << 24, usize::MAX).is_ok());
     }
 
     /// What follows the scan is read like the full-size decoder reads it (found by fuzzing:
@@ -1602,33 +1747,33 @@ mod tests {
         assert_eq!(&bytes[bytes.len() - 2..], &[0xFF, 0xD9]);
         let body = &bytes[..bytes.len() - 2];
         let with = |tail: &[u8]| [body, tail].concat();
-        assert!(decode(&bytes, 2, 1 << 24).is_ok());
+        assert!(decode(&bytes, 2, 1 << 24, usize::MAX).is_ok());
         // A comment and a restart-interval segment, then EOI: fine.
         let ok = with(&[
             0xFF, 0xFE, 0, 4, b'h', b'i', 0xFF, 0xDD, 0, 4, 0, 0, 0xFF, 0xD9,
         ]);
-        assert!(decode(&ok, 2, 1 << 24).is_ok());
+        assert!(decode(&ok, 2, 1 << 24, usize::MAX).is_ok());
         // A Huffman table segment that claims more bytes than the file has: corrupt.
         let cut = with(&[0xFF, 0xC4, 0, 40, 0x10, 1, 2, 0xFF, 0xD9]);
         assert!(matches!(
-            decode(&cut, 2, 1 << 24),
+            decode(&cut, 2, 1 << 24, usize::MAX),
             Err(ScaledError::Corrupt(_))
         ));
         // No end-of-image marker: corrupt. Another frame or scan: left to the full decoder.
         assert!(matches!(
-            decode(body, 2, 1 << 24),
+            decode(body, 2, 1 << 24, usize::MAX),
             Err(ScaledError::Corrupt(_))
         ));
         let frame = with(&[
             0xFF, 0xC0, 0, 11, 8, 0, 16, 0, 16, 1, 1, 0x11, 0, 0xFF, 0xD9,
         ]);
         assert!(matches!(
-            decode(&frame, 2, 1 << 24),
+            decode(&frame, 2, 1 << 24, usize::MAX),
             Err(ScaledError::Unsupported(_))
         ));
         let scan = with(&[0xFF, 0xDA, 0, 8, 1, 1, 0, 0, 63, 0, 0xFF, 0xD9]);
         assert!(matches!(
-            decode(&scan, 2, 1 << 24),
+            decode(&scan, 2, 1 << 24, usize::MAX),
             Err(ScaledError::Unsupported(_))
         ));
     }
