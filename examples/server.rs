@@ -90,10 +90,7 @@ async fn run(config: Config, redis_prefix: String) -> anyhow::Result<()> {
         .backend(backend.clone())
         .locator(ModelLocator::with_dirs(locator_dirs))
         .model_cache_size(config.model_cache_size)
-        .validation(ValidationConfig {
-            max_file_size: config.max_file_size,
-            ..ValidationConfig::default()
-        });
+        .validation(validation(&config));
     if let Some(n) = config.workers {
         builder = builder.workers(n);
     }
@@ -150,4 +147,16 @@ async fn run(config: Config, redis_prefix: String) -> anyhow::Result<()> {
         .await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The upload limits and decoder settings from the configuration.
+fn validation(config: &Config) -> ValidationConfig {
+    let defaults = ValidationConfig::default();
+    ValidationConfig {
+        max_file_size: config.max_file_size,
+        jpeg_split_min_bytes: config
+            .jpeg_split_min_bytes
+            .unwrap_or(defaults.jpeg_split_min_bytes),
+        ..defaults
+    }
 }

@@ -93,6 +93,11 @@ pub struct Config {
         default_value_t = 10_485_760
     )]
     pub max_file_size: usize,
+    /// Entropy-coded data size (bytes) from which a large JPEG upload is decoded on two
+    /// threads (`ValidationConfig::jpeg_split_min_bytes`; default 65536 on a machine with
+    /// more than one core, never on one). 0 splits every JPEG; 18446744073709551615 none.
+    #[arg(long = "jpeg-split-min-bytes", env = "JPEG_SPLIT_MIN_BYTES")]
+    pub jpeg_split_min_bytes: Option<usize>,
     /// Most jobs waiting in the queue before submissions get 503.
     #[arg(
         long = "max-queue-depth",
@@ -491,6 +496,15 @@ mod tests {
         assert_eq!(w.backoff().ceiling(10), Duration::from_millis(400));
         let bad = Config::try_parse_from(["server", "--webhook-max-attempts", "0"]).unwrap();
         assert!(bad.http().is_err());
+    }
+
+    #[test]
+    fn jpeg_split_threshold_defaults_to_the_library_and_can_be_set() {
+        let c = Config::try_parse_from(["server"]).unwrap();
+        assert_eq!(c.jpeg_split_min_bytes, None);
+        let c = Config::try_parse_from(["server", "--jpeg-split-min-bytes", "0"]).unwrap();
+        assert_eq!(c.jpeg_split_min_bytes, Some(0));
+        assert!(Config::try_parse_from(["server", "--jpeg-split-min-bytes", "-1"]).is_err());
     }
 
     #[test]
