@@ -71,8 +71,9 @@ pub struct ValidationConfig {
     /// (default 64 KiB on a machine with more than one core, `usize::MAX`, i.e. never, on
     /// one core). A second thread starts partway through the data and the two decodes are
     /// joined where they meet (see `image/jpeg_scaled/split.rs`): the pixels are identical,
-    /// and a 1920x1080 photo decodes about 1.5x faster. JPEGs with restart markers are
-    /// decoded on one thread.
+    /// and a 1920x1080 photo decodes about 1.5x faster. The job service (`Service`) splits
+    /// only while one of its inference threads is idle: at full load the second thread would
+    /// only add its overhead.
     #[serde(default = "default_jpeg_split_min_bytes")]
     pub jpeg_split_min_bytes: usize,
 }

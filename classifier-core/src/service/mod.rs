@@ -550,11 +550,14 @@ impl Service {
     /// the other. On a cache hit the decode is not awaited (it finishes in the background and
     /// is dropped). A cache backend error is logged and treated as a miss.
     async fn admit(&self, image: Bytes, spec: &crate::model::ModelSpec) -> Result<Admitted> {
-        let prepare = submit::start_prepare(
-            self.inner.registry.validation().clone(),
-            spec.preprocessor.clone(),
-            image.clone(),
-        );
+        let mut validation = self.inner.registry.validation().clone();
+        // A large JPEG's decode takes a second core only if inference leaves one idle: on a
+        // loaded server the second thread would only add its overhead (3-7 % fewer jobs/s
+        // at concurrency 16 with 1080p JPEGs, BENCHMARKS.md).
+        if !self.inner.pool.has_idle_thread() {
+            validation.jpeg_split_min_bytes = usize::MAX;
+        }
+        let prepare = submit::start_prepare(validation, spec.preprocessor.clone(), image.clone());
         let sha256 = submit::sha256_blocking(image.clone()).await?;
         if self.inner.result_cache.is_some() {
             let version = &spec.entry.version;

@@ -3,6 +3,7 @@
 //! normalize the crops straight into the batch tensor and run one tract call per batch.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,9 @@ pub(crate) type Queue = BatchQueue<InferRequest>;
 /// they have drained it.
 pub(crate) struct InferencePool {
     queue: Arc<Queue>,
+    /// Threads running a batch of their own right now.
+    busy: Arc<AtomicUsize>,
+    threads: usize,
 }
 
 impl InferencePool {
@@ -60,8 +64,11 @@ impl InferencePool {
         let queue = Arc::new(Queue::new());
         let team = Arc::new(AssistTeam::new());
         let assist = assist && threads > 1;
-        for i in 0..threads.max(1) {
+        let threads = threads.max(1);
+        let busy = Arc::new(AtomicUsize::new(0));
+        for i in 0..threads {
             let (q, m, e, team) = (queue.clone(), metrics.clone(), eta.clone(), team.clone());
+            let b = busy.clone();
             std::thread::Builder::new()
                 .name(format!("inference-{i}"))
                 .spawn(move || {
@@ -69,9 +76,10 @@ impl InferencePool {
                         lower_priority(priority);
                     }
                     if assist {
-                        run_assisting(&q, &policy, &team, &m, &e);
+                        run_assisting(&q, &policy, &team, &b, &m, &e);
                     } else {
                         while let Some(batch) = q.next_batch(&policy) {
+                            let _busy = Busy::enter(&b);
                             run_batch(batch, &m, &e);
                         }
                     }
@@ -79,7 +87,17 @@ impl InferencePool {
                 })
                 .map_err(|e| Error::Inference(format!("cannot start inference thread: {e}")))?;
         }
-        Ok(InferencePool { queue })
+        Ok(InferencePool {
+            queue,
+            busy,
+            threads,
+        })
+    }
+
+    /// True if at least one inference thread is not running a batch of its own: a core the
+    /// caller may use without taking it from inference.
+    pub fn has_idle_thread(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) < self.threads
     }
 
     /// Promise that an image is coming (lets short batches wait for it).
@@ -177,18 +195,36 @@ fn run_assisting(
     queue: &Queue,
     policy: &BatchPolicy,
     team: &Arc<AssistTeam>,
+    busy: &AtomicUsize,
     metrics: &Metrics,
     eta: &ServiceTimeEstimator,
 ) {
     while let Some(next) = queue.next_batch_or_help(policy, || team.needs_help()) {
         match next {
             Next::Batch(batch) => team.lead(|| {
+                let _busy = Busy::enter(busy);
                 // Idle threads block in the queue: wake them to help with this batch.
                 queue.wake_consumers();
                 run_batch(batch, metrics, eta)
             }),
             Next::Help => team.help(|| queue.has_work()),
         }
+    }
+}
+
+/// Counts a thread as busy while it lives.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn enter(busy: &'a AtomicUsize) -> Self {
+        busy.fetch_add(1, Ordering::Relaxed);
+        Busy(busy)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -240,5 +276,33 @@ fn run_batch(batch: Vec<InferRequest>, metrics: &Metrics, eta: &ServiceTimeEstim
                 let _ = request.reply.send(Err(Error::Inference(reason.clone())));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_has_an_idle_thread_until_every_thread_runs_a_batch() {
+        let pool = InferencePool::start(
+            2,
+            BatchPolicy::default(),
+            InferencePriority::Nice(0),
+            true,
+            Arc::new(Metrics::new()),
+            Arc::new(ServiceTimeEstimator::new(Duration::from_millis(5))),
+        )
+        .expect("pool");
+        assert!(pool.has_idle_thread());
+        let first = Busy::enter(&pool.busy);
+        assert!(pool.has_idle_thread());
+        let second = Busy::enter(&pool.busy);
+        assert!(!pool.has_idle_thread());
+        drop(first);
+        assert!(pool.has_idle_thread());
+        drop(second);
+        assert_eq!(pool.busy.load(Ordering::Relaxed), 0);
+        pool.close();
     }
 }

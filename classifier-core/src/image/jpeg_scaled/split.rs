@@ -80,6 +80,10 @@ pub(super) fn decode(
     scan: Scan<'_>,
     pixels: &mut [u8],
 ) -> Option<Res<Option<usize>>> {
+    // One DC predictor per component in [`Tail`] (the decoder takes 1 or 3 components).
+    if comps.len() > 3 {
+        return None;
+    }
     let total = g.mcus_x * g.mcus_y;
     let split_byte = (scan.data_len as f64 * SPLIT_AT) as usize;
     let start = if scan.interval > 0 {
