@@ -18,7 +18,7 @@ mod submit;
 
 pub use feedback::LabelRef;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -392,6 +392,7 @@ impl ServiceBuilder {
                 registry,
                 metrics,
                 pool,
+                preparing: Arc::new(AtomicUsize::new(0)),
                 eta,
                 runtime,
                 workers,
@@ -437,6 +438,8 @@ struct Inner {
     registry: ModelRegistry,
     metrics: Arc<Metrics>,
     pool: Arc<InferencePool>,
+    /// Uploads being validated, decoded and cropped right now.
+    preparing: Arc<AtomicUsize>,
     eta: Arc<ServiceTimeEstimator>,
     runtime: Option<WorkerRuntime>,
     workers: usize,
@@ -551,13 +554,20 @@ impl Service {
     /// is dropped). A cache backend error is logged and treated as a miss.
     async fn admit(&self, image: Bytes, spec: &crate::model::ModelSpec) -> Result<Admitted> {
         let mut validation = self.inner.registry.validation().clone();
-        // A large JPEG's decode takes a second core only if inference leaves one idle: on a
-        // loaded server the second thread would only add its overhead (3-7 % fewer jobs/s
-        // at concurrency 16 with 1080p JPEGs, BENCHMARKS.md).
-        if !self.inner.pool.has_idle_thread() {
+        let preparing = submit::Preparing::enter(&self.inner.preparing);
+        // A large JPEG's decode takes a second core only if nothing else is likely to want
+        // it: no other upload is being prepared and an inference thread is idle. On a loaded
+        // server the second thread would only add its overhead (2-7 % fewer jobs/s at
+        // concurrency 16 with 1080p JPEGs, BENCHMARKS.md).
+        if preparing.others() > 0 || !self.inner.pool.has_idle_thread() {
             validation.jpeg_split_min_bytes = usize::MAX;
         }
-        let prepare = submit::start_prepare(validation, spec.preprocessor.clone(), image.clone());
+        let prepare = submit::start_prepare(
+            validation,
+            spec.preprocessor.clone(),
+            image.clone(),
+            preparing,
+        );
         let sha256 = submit::sha256_blocking(image.clone()).await?;
         if self.inner.result_cache.is_some() {
             let version = &spec.entry.version;

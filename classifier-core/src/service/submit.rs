@@ -1,5 +1,7 @@
 //! Submission-side image preparation: validate, decode once, resize and crop, hash.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -53,8 +55,41 @@ pub(crate) fn start_prepare(
     validation: ValidationConfig,
     preprocessor: Preprocessor,
     bytes: bytes::Bytes,
+    preparing: Preparing,
 ) -> tokio::task::JoinHandle<Result<PreparedUpload>> {
-    tokio::task::spawn_blocking(move || prepare_upload(&validation, &preprocessor, &bytes))
+    tokio::task::spawn_blocking(move || {
+        let prepared = prepare_upload(&validation, &preprocessor, &bytes);
+        drop(preparing);
+        prepared
+    })
+}
+
+/// Counts an upload as being prepared while it lives.
+pub(crate) struct Preparing {
+    count: Arc<AtomicUsize>,
+    others: usize,
+}
+
+impl Preparing {
+    /// Count one more upload in `count`.
+    pub fn enter(count: &Arc<AtomicUsize>) -> Self {
+        let others = count.fetch_add(1, Ordering::Relaxed);
+        Preparing {
+            count: count.clone(),
+            others,
+        }
+    }
+
+    /// Uploads that were being prepared when this one was counted.
+    pub fn others(&self) -> usize {
+        self.others
+    }
+}
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The outcome of a task of [`start_prepare`].
@@ -71,4 +106,21 @@ pub(crate) async fn sha256_blocking(bytes: bytes::Bytes) -> Result<String> {
     tokio::task::spawn_blocking(move || sha256_hex(&bytes))
         .await
         .map_err(|e| Error::Preprocess(format!("hashing task failed: {e}")))
+}
+
+#[cfg(test)]
+mod preparing_tests {
+    use super::*;
+
+    #[test]
+    fn each_upload_sees_the_ones_already_being_prepared() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let first = Preparing::enter(&count);
+        let second = Preparing::enter(&count);
+        assert_eq!((first.others(), second.others()), (0, 1));
+        drop(first);
+        assert_eq!(Preparing::enter(&count).others(), 1);
+        drop(second);
+        assert_eq!(count.load(Ordering::Relaxed), 0);
+    }
 }
