@@ -908,7 +908,7 @@ impl Comp<'_> {
 
 /// Decode `bytes` at `1/denom` scale (`denom` is 2, 4 or 8), allocating at most `max_alloc`
 /// bytes for pixel and entropy buffers. A scan with at least `split_min_bytes` of
-/// entropy-coded data (and no restart markers) is decoded on two threads ([`split`]).
+/// entropy-coded data is decoded on two threads ([`split`]) if the allocation limit allows.
 pub(crate) fn decode(
     bytes: &[u8],
     denom: usize,
@@ -1037,8 +1037,8 @@ fn decode_reporting(
     if data_len >= split_min_bytes {
         // Over the allocation limit with the helper's buffer: decode on one thread.
         if alloc + split::tail_alloc(&comps, mcus_x * mcus_y) <= max_alloc {
-            // `None`: the second thread did not start; decode on this one.
             let scan = Scan::new(&data, data_len, &restarts, interval);
+            // `None`: not split after all (see `split::decode`); decode on this thread.
             if let Some(result) = split::decode(&geometry, &comps, scan, &mut pixels) {
                 joined_at = result?;
                 decoded = true;
@@ -1074,7 +1074,7 @@ fn decode_reporting(
 }
 
 /// The layout of the decode: MCUs, and the pixel rows one MCU row makes.
-pub(super) struct Geometry {
+struct Geometry {
     mcus_x: usize,
     mcus_y: usize,
     /// Samples per plane row (padded to whole blocks).
