@@ -88,7 +88,11 @@ fn default_fast_png() -> bool {
 }
 
 fn default_jpeg_split_min_bytes() -> usize {
-    if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+    // Asked once: on Linux the answer comes from the affinity mask and cgroup files.
+    static MULTI_CORE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let multi_core =
+        *MULTI_CORE.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1));
+    if multi_core {
         64 * 1024
     } else {
         usize::MAX

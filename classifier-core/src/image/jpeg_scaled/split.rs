@@ -361,12 +361,17 @@ fn decode_head<'p>(
 /// The output rows not yet taken, with their MCU row numbers.
 type Rows<'p> = std::iter::Enumerate<std::slice::ChunksMut<'p, u8>>;
 
-/// Take output row `my`, which must be the next one.
-fn next_row<'p>(rows: &Mutex<Rows<'p>>, my: usize) -> Res<&'p mut [u8]> {
+/// Take the next output row not yet taken, with its MCU row number.
+fn take_row<'p>(rows: &Mutex<Rows<'p>>) -> Res<Option<(usize, &'p mut [u8])>> {
     let mut rows = rows
         .lock()
         .map_err(|_| ScaledError::Corrupt("internal: row lock"))?;
-    match rows.next() {
+    Ok(rows.next())
+}
+
+/// Take output row `my`, which must be the next one.
+fn next_row<'p>(rows: &Mutex<Rows<'p>>, my: usize) -> Res<&'p mut [u8]> {
+    match take_row(rows)? {
         Some((r, lines)) if r == my => Ok(lines),
         _ => corrupt("internal: row order"),
     }
@@ -391,19 +396,13 @@ fn finish_rows_from_tail(
     point: &SyncPoint,
     rows: &Mutex<Rows<'_>>,
 ) -> Res<()> {
-    loop {
-        let next = rows
-            .lock()
-            .map_err(|_| ScaledError::Corrupt("internal: row lock"))?
-            .next();
-        let Some((my, lines)) = next else {
-            return Ok(());
-        };
+    while let Some((my, lines)) = take_row(rows)? {
         for mx in 0..g.mcus_x {
             copy_mcu(&mut comps, g, tail, point, my, mx)?;
         }
         finish_row(&mut comps, g, lines)?;
     }
+    Ok(())
 }
 
 /// Copy MCU (`mx`, `my`) from the helper's decode into the components' row coefficients, with
